@@ -1,0 +1,351 @@
+//! The command line: flags into a [`Config`], and the help text. Pure: the environment
+//! variables it honours (`PORT`, `WSCHAT_REDIS`) are passed in by `main`.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::*;
+
+pub const HELP: &str = "\
+wschat: a WebSocket chat-room server. Serves the chat page and relays every message a client
+sends to every other client in its room (the room is the URL path).
+
+Usage: wschat [OPTIONS]
+
+Options:
+  --bind ADDR                 address to listen on [default: 0.0.0.0]
+  --port N                    port to listen on; 0 picks one [default: 6969, or $PORT]
+  --echo                      also send each message back to its sender
+  --static-dir DIR            serve the page from DIR (loaded at start and on SIGHUP)
+                              instead of the built-in one
+  --log-level LEVEL           error, warn, info, debug or trace [default: info]
+  --max-message-size BYTES    largest message (and frame) a client may send; larger ones
+                              are refused with close 1009 [default: 64K]
+  --max-outbound BYTES        bytes that may wait for one client [default: 1M]
+  --max-outbound-total BYTES  bytes that may wait for all clients together [default: 256M]
+  --slow-client POLICY        over --max-outbound: close (1008 \"slow consumer\"),
+                              drop-newest or drop-oldest [default: close]
+  --max-connections N         WebSocket connection cap; more get 503
+                              [default: the open-file limit less 32]
+  --handshake-timeout SECS    time to send a request head (and keep-alive idle)
+                              [default: 10]
+  --ping-interval SECS        ping a client silent this long [default: 30]
+  --idle-timeout SECS         close a client silent this long, pongs included [default: 75]
+  --max-rate N[/BURST]        messages per second per client, with a burst [default: off]
+  --over-rate drop|close      over --max-rate: drop the message (counted) or close with
+                              1008 [default: drop]
+  --allow-origin LIST         browser origins allowed besides the page's own host:
+                              comma-separated scheme://host[:port], or * [default: none]
+  --stats-interval SECS       one-line stats log at info; 0 = off [default: 60]
+  --history N                 messages each room keeps for late joiners; 0 = off [default: 0]
+  --history-bytes BYTES       bytes each room's history keeps at most [default: 256K]
+  --history-ttl SECS          history kept after a room's last member leaves [default: 3600]
+  --no-systemd                ignore LISTEN_FDS and NOTIFY_SOCKET
+  -h, --help                  print this help
+  -V, --version               print the version
+
+BYTES take a K, M or G suffix (powers of 1024).
+Signals: SIGINT/SIGTERM drain (Close 1001 to every client, then exit 0; a second one exits
+at once); SIGHUP reloads --static-dir and nothing else.
+";
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Box<Config>, log::LevelFilter),
+    Help,
+    Version,
+}
+
+/// A command-line mistake, said in one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Parses the arguments (without the program name). `port_env` is `$PORT`.
+pub fn parse(args: &[String], port_env: Option<&str>) -> Result<Command, UsageError> {
+    let mut config = Config::default();
+    let mut level = log::LevelFilter::Info;
+    let mut over_rate = OverRate::Drop;
+    let mut rate: Option<(f64, f64)> = None;
+    if let Some(port) = port_env.filter(|p| !p.is_empty()) {
+        config.port = port
+            .parse()
+            .map_err(|_| UsageError(format!("PORT={port:?} is not a port number")))?;
+    }
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || -> Result<String, UsageError> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => iter
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| UsageError(format!("{flag} needs a value"))),
+            }
+        };
+        match flag {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--echo" => config.echo = true,
+            "--no-systemd" => config.systemd = false,
+            "--bind" => {
+                let v = value()?;
+                config.bind = v
+                    .parse::<IpAddr>()
+                    .map_err(|_| UsageError(format!("--bind {v:?} is not an IP address")))?;
+            }
+            "--port" => {
+                let v = value()?;
+                config.port = v.parse().map_err(|_| {
+                    UsageError(format!("--port {v:?} is not a port number (0-65535)"))
+                })?;
+            }
+            "--static-dir" => config.page = PageSource::Dir(PathBuf::from(value()?)),
+            "--log-level" => {
+                let v = value()?;
+                level = v.parse().map_err(|_| {
+                    UsageError(format!(
+                        "--log-level {v:?}: use error, warn, info, debug, trace or off"
+                    ))
+                })?;
+            }
+            "--max-message-size" => config.max_message_size = bytes(flag, &value()?)?,
+            "--max-outbound" => config.max_outbound = bytes(flag, &value()?)?,
+            "--max-outbound-total" => config.max_outbound_total = bytes(flag, &value()?)?,
+            "--history-bytes" => config.history_bytes = bytes(flag, &value()?)?,
+            "--slow-client" => {
+                let v = value()?;
+                config.slow_client = SlowClientPolicy::parse(&v).ok_or_else(|| {
+                    UsageError(format!(
+                        "--slow-client {v:?}: use close, drop-newest or drop-oldest"
+                    ))
+                })?;
+            }
+            "--max-connections" => config.max_connections = Some(number(flag, &value()?)?),
+            "--handshake-timeout" => config.handshake_timeout = seconds(flag, &value()?)?,
+            "--ping-interval" => config.ping_interval = seconds(flag, &value()?)?,
+            "--idle-timeout" => config.idle_timeout = seconds(flag, &value()?)?,
+            "--history-ttl" => config.history_ttl = seconds(flag, &value()?)?,
+            "--history" => config.history = number(flag, &value()?)?,
+            "--stats-interval" => {
+                let every = seconds(flag, &value()?)?;
+                config.stats_interval = if every.is_zero() { None } else { Some(every) };
+            }
+            "--max-rate" => {
+                let v = value()?;
+                let (per_second, burst) = match v.split_once('/') {
+                    Some((r, b)) => (r, Some(b)),
+                    None => (v.as_str(), None),
+                };
+                let per_second: f64 = per_second
+                    .parse()
+                    .ok()
+                    .filter(|r: &f64| r.is_finite() && *r > 0.0)
+                    .ok_or_else(|| {
+                        UsageError(format!("--max-rate {v:?}: use N or N/BURST, N > 0"))
+                    })?;
+                let burst = match burst {
+                    Some(b) => b
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|b| b.is_finite() && *b >= 1.0)
+                        .ok_or_else(|| {
+                            UsageError(format!("--max-rate {v:?}: BURST must be at least 1"))
+                        })?,
+                    None => per_second.max(1.0),
+                };
+                rate = Some((per_second, burst));
+            }
+            "--over-rate" => {
+                over_rate = match value()?.as_str() {
+                    "drop" => OverRate::Drop,
+                    "close" => OverRate::Close,
+                    other => {
+                        return Err(UsageError(format!(
+                            "--over-rate {other:?}: use drop or close"
+                        )));
+                    }
+                }
+            }
+            "--allow-origin" => {
+                let v = value()?;
+                config.origins = if v.trim() == "*" {
+                    OriginPolicy::Any
+                } else {
+                    let list: Vec<String> = v
+                        .split(',')
+                        .map(|o| o.trim().trim_end_matches('/').to_string())
+                        .filter(|o| !o.is_empty())
+                        .collect();
+                    if list.iter().any(|o| !o.contains("://")) {
+                        return Err(UsageError(format!(
+                            "--allow-origin {v:?}: origins look like https://host[:port], or use *"
+                        )));
+                    }
+                    OriginPolicy::List(list)
+                };
+            }
+            other => {
+                return Err(UsageError(format!("unknown option {other:?} (see --help)")));
+            }
+        }
+    }
+    if let Some((per_second, burst)) = rate {
+        config.rate_limit = Some(RateLimit {
+            per_second,
+            burst,
+            over: over_rate,
+        });
+    }
+    config.validate().map_err(|e| UsageError(e.to_string()))?;
+    Ok(Command::Run(Box::new(config), level))
+}
+
+/// A byte count with an optional K/M/G suffix.
+pub fn bytes(flag: &str, text: &str) -> Result<usize, UsageError> {
+    let bad = || {
+        UsageError(format!(
+            "{flag} {text:?}: use a byte count such as 65536, 64K or 16M"
+        ))
+    };
+    let text = text.trim();
+    let (digits, multiplier) = match text.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&text[..text.len() - 1], 1usize << 10),
+        Some('M') => (&text[..text.len() - 1], 1 << 20),
+        Some('G') => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    let n: usize = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(multiplier).ok_or_else(bad)
+}
+
+fn number(flag: &str, text: &str) -> Result<usize, UsageError> {
+    text.trim()
+        .parse()
+        .map_err(|_| UsageError(format!("{flag} {text:?} is not a whole number")))
+}
+
+/// Seconds, fractions allowed (`0.5`).
+fn seconds(flag: &str, text: &str) -> Result<Duration, UsageError> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| UsageError(format!("{flag} {text:?} is not a number of seconds")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, UsageError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse(&args, None)? {
+            Command::Run(config, _) => Ok(*config),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_tutorial() {
+        let config = run(&[]).unwrap();
+        assert_eq!(config.port, 6969);
+        assert_eq!(config.bind.to_string(), "0.0.0.0");
+        assert!(!config.echo);
+    }
+
+    #[test]
+    fn flags_set_their_fields() {
+        let config = run(&[
+            "--port",
+            "0",
+            "--echo",
+            "--bind=127.0.0.1",
+            "--max-message-size",
+            "16M",
+            "--max-outbound",
+            "32M",
+            "--slow-client",
+            "drop-oldest",
+            "--max-rate",
+            "10/20",
+            "--over-rate",
+            "close",
+            "--history",
+            "50",
+            "--stats-interval",
+            "0",
+            "--allow-origin",
+            "https://a.example, http://b.example:8080/",
+        ])
+        .unwrap();
+        assert_eq!(config.port, 0);
+        assert!(config.echo);
+        assert_eq!(config.max_message_size, 16 << 20);
+        assert_eq!(config.slow_client, SlowClientPolicy::DropOldest);
+        let rate = config.rate_limit.unwrap();
+        assert_eq!(
+            (rate.per_second, rate.burst, rate.over),
+            (10.0, 20.0, OverRate::Close)
+        );
+        assert_eq!(config.history, 50);
+        assert_eq!(config.stats_interval, None);
+        assert_eq!(
+            config.origins,
+            OriginPolicy::List(vec![
+                "https://a.example".into(),
+                "http://b.example:8080".into()
+            ])
+        );
+    }
+
+    #[test]
+    fn port_comes_from_the_environment_unless_a_flag_says_otherwise() {
+        let parsed = parse(&[], Some("7000")).unwrap();
+        assert!(matches!(parsed, Command::Run(c, _) if c.port == 7000));
+        let parsed = parse(&["--port".into(), "7001".into()], Some("7000")).unwrap();
+        assert!(matches!(parsed, Command::Run(c, _) if c.port == 7001));
+        assert!(parse(&[], Some("http")).is_err());
+    }
+
+    #[test]
+    fn mistakes_are_one_line_errors() {
+        for args in [
+            &["--port", "70000"][..],
+            &["--bogus"],
+            &["--port"],
+            &["--max-outbound", "12Q"],
+            &["--slow-client", "maybe"],
+            &["--max-rate", "0"],
+            &["--log-level", "loud"],
+            &["--allow-origin", "example.com"],
+            &["--ping-interval", "80"],
+        ] {
+            let error = run(args).unwrap_err();
+            assert!(!error.0.contains('\n'), "{error}");
+        }
+    }
+
+    #[test]
+    fn byte_suffixes() {
+        assert_eq!(bytes("x", "64K"), Ok(65536));
+        assert_eq!(bytes("x", "1m"), Ok(1 << 20));
+        assert_eq!(bytes("x", "7"), Ok(7));
+        assert!(bytes("x", "K").is_err());
+    }
+}

@@ -1,0 +1,521 @@
+//! One client connection: its socket, its phase (`Http` → `WebSocket` → `Closing`) and its
+//! outbound queue. It never sees the slab or any other connection; the loop in `server.rs`
+//! drives it and does everything that involves more than one connection.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
+use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
+
+use crate::outbound::Outbound;
+use crate::room::RoomKey;
+
+/// Size of the loop's one read buffer, shared by every connection in turn.
+pub const READ_SCRATCH_SIZE: usize = 64 * 1024;
+/// At most this many bytes are read from one socket per readiness event, so one fast sender
+/// cannot hold the loop; the rest is read on the next pass.
+pub const READ_BUDGET_PER_EVENT: usize = 256 * 1024;
+
+/// Why a connection ended: logged at close and counted in `/metrics` by its label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client finished the closing handshake.
+    ClientClosed,
+    /// The client's TCP connection ended without a Close frame (a closed browser tab).
+    ClientGone,
+    /// The client broke RFC 6455 (close 1002).
+    ProtocolError,
+    /// A text message was not UTF-8 (close 1007).
+    InvalidUtf8,
+    /// A message or frame over the size limit (close 1009).
+    MessageTooBig,
+    /// The outbound budget was exceeded under the close policy (close 1008).
+    SlowConsumer,
+    /// Over `--max-rate` under the close policy (close 1008).
+    RateLimited,
+    /// Nothing heard for `--idle-timeout` (close 1001).
+    IdleTimeout,
+    /// The request head did not arrive within `--handshake-timeout`.
+    HandshakeTimeout,
+    /// A plain HTTP exchange ended (response sent, no keep-alive).
+    HttpDone,
+    /// An HTTP request was refused with an error status.
+    HttpRefused,
+    /// The server is shutting down (close 1001).
+    Shutdown,
+    /// The peer did not answer our Close in time.
+    CloseTimeout,
+    /// A socket error (reset, broken pipe, ...).
+    IoError,
+}
+
+impl CloseReason {
+    /// Every reason, for metrics that list them all.
+    pub const ALL: [CloseReason; 14] = [
+        CloseReason::ClientClosed,
+        CloseReason::ClientGone,
+        CloseReason::ProtocolError,
+        CloseReason::InvalidUtf8,
+        CloseReason::MessageTooBig,
+        CloseReason::SlowConsumer,
+        CloseReason::RateLimited,
+        CloseReason::IdleTimeout,
+        CloseReason::HandshakeTimeout,
+        CloseReason::HttpDone,
+        CloseReason::HttpRefused,
+        CloseReason::Shutdown,
+        CloseReason::CloseTimeout,
+        CloseReason::IoError,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ClientGone => "client_gone",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::MessageTooBig => "message_too_big",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::HttpDone => "http_done",
+            CloseReason::HttpRefused => "http_refused",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::CloseTimeout => "close_timeout",
+            CloseReason::IoError => "io_error",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        CloseReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
+    }
+
+    /// The close frame the server sends for this reason, if it sends one.
+    pub fn close_frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            CloseReason::ProtocolError => (CloseCode::Protocol, "protocol error"),
+            CloseReason::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8"),
+            CloseReason::MessageTooBig => (CloseCode::Size, "message too big"),
+            CloseReason::SlowConsumer => (CloseCode::Policy, "slow consumer"),
+            CloseReason::RateLimited => (CloseCode::Policy, "rate limit"),
+            CloseReason::IdleTimeout => (CloseCode::Away, "idle timeout"),
+            CloseReason::Shutdown => (CloseCode::Away, "server shutting down"),
+            _ => return None,
+        };
+        Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })
+    }
+
+    /// Reasons that are the client's ordinary way of leaving, logged quietly.
+    pub fn is_ordinary(self) -> bool {
+        matches!(
+            self,
+            CloseReason::ClientClosed | CloseReason::ClientGone | CloseReason::HttpDone
+        )
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The loop's one read buffer. Bytes read from a socket are handed to that connection's
+/// parser before the loop moves on, so between connections it is always empty.
+pub struct ReadScratch {
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Bytes this connection may still read from its socket in this event.
+    budget: usize,
+    /// Set when the budget, not the socket, stopped reading: the connection owes a read.
+    pub budget_exhausted: bool,
+    /// Bytes read from sockets since the counter was last taken (for metrics).
+    pub bytes_read: u64,
+}
+
+impl Default for ReadScratch {
+    fn default() -> Self {
+        ReadScratch {
+            buffer: vec![0; READ_SCRATCH_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            budget: READ_BUDGET_PER_EVENT,
+            budget_exhausted: false,
+            bytes_read: 0,
+        }
+    }
+}
+
+impl ReadScratch {
+    /// Readies the scratch for another connection's event.
+    pub fn begin(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        self.budget = READ_BUDGET_PER_EVENT;
+        self.budget_exhausted = false;
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buffer[self.start..self.end]
+    }
+
+    /// Reads from the socket once, retrying `Interrupted`. `Ok(0)` is end of stream.
+    fn fill(&mut self, socket: &mut TcpStream) -> io::Result<usize> {
+        if self.budget == 0 {
+            self.budget_exhausted = true;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let room = self.buffer.len().min(self.budget);
+        loop {
+            match socket.read(&mut self.buffer[..room]) {
+                Ok(n) => {
+                    self.start = 0;
+                    self.end = n;
+                    self.budget -= n;
+                    self.bytes_read += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Copies pending bytes into `out`, reading the socket first when none are pending.
+    fn read_into(&mut self, socket: &mut TcpStream, out: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.end && self.fill(socket)? == 0 {
+            return Ok(0);
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buffer[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
+/// The stream tungstenite sees: reads come from the loop's scratch buffer (filled from the
+/// socket), writes go into the connection's outbound queue and never block. The loop flushes
+/// the queue to the socket once per pass.
+struct LoopStream<'a> {
+    socket: &'a mut TcpStream,
+    scratch: &'a mut ReadScratch,
+    outbound: &'a mut Outbound,
+}
+
+impl Read for LoopStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.scratch.read_into(self.socket, buf)
+    }
+}
+
+impl Write for LoopStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outbound.push_copy(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A connection upgraded to WebSocket.
+pub struct WebSocketState {
+    context: WebSocketContext,
+    pub room: RoomKey,
+    /// This member's index in its room's member list.
+    pub slot: usize,
+    /// A ping was sent after the last thing heard; the next timer closes instead.
+    pub pinged: bool,
+    /// Token bucket for `--max-rate`: tokens left, refilled from `rate_checked`.
+    pub rate_tokens: f32,
+    pub rate_refilled: Instant,
+}
+
+pub enum Phase {
+    /// Reading a request head; `head` holds the bytes so far (and any after the head).
+    Http {
+        head: Vec<u8>,
+    },
+    WebSocket(Box<WebSocketState>),
+    /// Everything owed is being flushed; then the write side is shut and the connection waits
+    /// for the peer's end of stream (or the deadline) before the socket is dropped, so that
+    /// unread input does not turn into a reset that destroys the last frames in flight.
+    Closing {
+        write_shut: bool,
+    },
+}
+
+/// What one read of a WebSocket connection produced.
+pub enum WsRead {
+    /// A text or binary message for the room.
+    Message(Message),
+    /// A control frame was handled (pong queued, pong received); keep reading.
+    Control,
+    /// Nothing more to read now.
+    WouldBlock,
+    /// The connection is over; the queue may hold a final Close frame.
+    Ended(CloseReason),
+}
+
+pub struct Connection {
+    /// Monotonic, never reused (unlike the slab key): names the connection in every log line.
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub socket: TcpStream,
+    pub opened_at: Instant,
+    pub phase: Phase,
+    pub outbound: Outbound,
+    /// The last time anything arrived from the client.
+    pub last_heard: Instant,
+    /// The next time the loop must look at this connection (handshake, heartbeat, close).
+    pub deadline: Instant,
+    /// On the loop's dirty list: has bytes to flush this pass.
+    pub dirty: bool,
+    /// The socket refused bytes; wait for a writable event before writing again.
+    pub write_blocked: bool,
+    /// Stopped reading before `WouldBlock` (read budget); the loop comes back to it.
+    pub read_owed: bool,
+    /// Why it is closing, once it is.
+    pub close_reason: Option<CloseReason>,
+    pub room_name_for_log: Option<Box<str>>,
+}
+
+impl Connection {
+    pub fn new(
+        id: u64,
+        socket: TcpStream,
+        peer: SocketAddr,
+        now: Instant,
+        deadline: Instant,
+    ) -> Self {
+        Connection {
+            id,
+            peer,
+            socket,
+            opened_at: now,
+            phase: Phase::Http { head: Vec::new() },
+            outbound: Outbound::default(),
+            last_heard: now,
+            deadline,
+            dirty: false,
+            write_blocked: false,
+            read_owed: false,
+            close_reason: None,
+            room_name_for_log: None,
+        }
+    }
+
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.phase, Phase::WebSocket(_))
+    }
+
+    /// A member that can still be sent data (not closing).
+    pub fn accepts_messages(&self) -> bool {
+        match &self.phase {
+            Phase::WebSocket(ws) => ws.context.can_write(),
+            _ => false,
+        }
+    }
+
+    pub fn websocket(&mut self) -> Option<&mut WebSocketState> {
+        match &mut self.phase {
+            Phase::WebSocket(ws) => Some(ws),
+            _ => None,
+        }
+    }
+
+    /// Reads request-head bytes into the HTTP buffer, at most up to `limit` bytes held.
+    /// Returns Ok(false) at end of stream.
+    pub fn read_http(
+        &mut self,
+        scratch: &mut ReadScratch,
+        limit: usize,
+        now: Instant,
+    ) -> io::Result<bool> {
+        let Phase::Http { head } = &mut self.phase else {
+            return Ok(true);
+        };
+        while head.len() < limit {
+            match scratch.fill(&mut self.socket) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {
+                    head.extend_from_slice(scratch.pending());
+                    scratch.start = scratch.end;
+                    self.last_heard = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.read_owed = scratch.budget_exhausted;
+                    return Ok(true);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // The buffer is full; what is left in the socket is read once it has been used.
+        self.read_owed = true;
+        Ok(true)
+    }
+
+    /// Switches to WebSocket after the 101 is queued; `rest` is what followed the head.
+    pub fn upgrade(&mut self, rest: Vec<u8>, config: WebSocketConfig, room: RoomKey, slot: usize) {
+        self.phase = Phase::WebSocket(Box::new(WebSocketState {
+            context: WebSocketContext::from_partially_read(rest, Role::Server, Some(config)),
+            room,
+            slot,
+            pinged: false,
+            rate_tokens: f32::MAX,
+            rate_refilled: self.last_heard,
+        }));
+    }
+
+    /// Reads one message (or control frame) from a WebSocket connection. tungstenite does the
+    /// protocol: it unmasks, validates, reassembles fragments and queues pong and close
+    /// replies into our outbound queue.
+    pub fn read_websocket(&mut self, scratch: &mut ReadScratch, now: Instant) -> WsRead {
+        let Phase::WebSocket(ws) = &mut self.phase else {
+            return WsRead::WouldBlock;
+        };
+        let before = scratch.bytes_read;
+        let mut stream = LoopStream {
+            socket: &mut self.socket,
+            scratch,
+            outbound: &mut self.outbound,
+        };
+        let result = ws.context.read(&mut stream);
+        if stream.scratch.bytes_read != before {
+            self.last_heard = now;
+            ws.pinged = false;
+        }
+        match result {
+            Ok(message @ (Message::Text(_) | Message::Binary(_))) => WsRead::Message(message),
+            Ok(Message::Close(_)) => {
+                // tungstenite queued the reply; the next read reports the end.
+                WsRead::Control
+            }
+            Ok(_) => WsRead::Control,
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.read_owed = stream.scratch.budget_exhausted;
+                WsRead::WouldBlock
+            }
+            Err(error) => {
+                let reason = classify(&error);
+                if let Some(frame) = reason.close_frame() {
+                    // "_Fail the WebSocket Connection_": send the close code, then close.
+                    let _ = ws.context.close(&mut stream, Some(frame));
+                }
+                WsRead::Ended(reason)
+            }
+        }
+    }
+
+    /// Starts the closing handshake from our side (shutdown, idle, slow consumer, rate).
+    /// Bytes not yet started are discarded for a slow consumer so the Close goes out next.
+    pub fn send_close(&mut self, reason: CloseReason, scratch: &mut ReadScratch) {
+        self.close_reason.get_or_insert(reason);
+        let Phase::WebSocket(ws) = &mut self.phase else {
+            return;
+        };
+        if reason == CloseReason::SlowConsumer {
+            self.outbound.drop_unstarted_messages(0);
+        }
+        let mut stream = LoopStream {
+            socket: &mut self.socket,
+            scratch,
+            outbound: &mut self.outbound,
+        };
+        let _ = ws.context.close(&mut stream, reason.close_frame());
+    }
+
+    /// Queues a ping (heartbeat).
+    pub fn send_ping(&mut self, scratch: &mut ReadScratch) {
+        let Phase::WebSocket(ws) = &mut self.phase else {
+            return;
+        };
+        let mut stream = LoopStream {
+            socket: &mut self.socket,
+            scratch,
+            outbound: &mut self.outbound,
+        };
+        if ws
+            .context
+            .write(&mut stream, Message::Ping(Default::default()))
+            .is_ok()
+        {
+            let _ = ws.context.flush(&mut stream);
+            ws.pinged = true;
+        }
+    }
+
+    /// Enters the final phase: flush, shut the write side, wait for end of stream.
+    pub fn begin_closing(&mut self, reason: CloseReason) {
+        self.close_reason.get_or_insert(reason);
+        self.phase = Phase::Closing { write_shut: false };
+    }
+
+    /// In `Closing`: once the queue is empty, shut the write side (FIN after our last bytes).
+    /// Returns true when the write side is shut.
+    pub fn shut_write_when_flushed(&mut self) -> bool {
+        if let Phase::Closing { write_shut } = &mut self.phase {
+            if !*write_shut && self.outbound.is_empty() {
+                let _ = self.socket.shutdown(Shutdown::Write);
+                *write_shut = true;
+            }
+            return *write_shut;
+        }
+        false
+    }
+
+    /// In `Closing`: reads and discards until end of stream. Returns true at end of stream
+    /// (or on an error), when the socket can be dropped.
+    pub fn drain_input(&mut self, scratch: &mut ReadScratch) -> bool {
+        loop {
+            match scratch.fill(&mut self.socket) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.read_owed = scratch.budget_exhausted;
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// Maps tungstenite's read errors to our close reasons (and so to close codes).
+fn classify(error: &WsError) -> CloseReason {
+    match error {
+        WsError::ConnectionClosed | WsError::AlreadyClosed => CloseReason::ClientClosed,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => CloseReason::ClientGone,
+        WsError::Protocol(_) => CloseReason::ProtocolError,
+        WsError::Utf8(_) => CloseReason::InvalidUtf8,
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => CloseReason::MessageTooBig,
+        WsError::Capacity(_) => CloseReason::MessageTooBig,
+        WsError::Io(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            CloseReason::ClientGone
+        }
+        WsError::Io(_) => CloseReason::IoError,
+        _ => CloseReason::ProtocolError,
+    }
+}

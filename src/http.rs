@@ -1,0 +1,634 @@
+//! HTTP/1.x request heads in, responses out: pure functions, no socket I/O.
+//!
+//! A connection starts in HTTP. Its bytes are offered to [`parse_head`] until a whole head has
+//! arrived (bounded by [`MAX_HEAD_SIZE`]); [`route`] then decides what the request is: a
+//! WebSocket upgrade, a page, `/healthz`, `/metrics`, or an error with its status.
+
+use std::fmt;
+
+use crate::config::{MAX_HEAD_SIZE, MAX_HEADERS, MAX_ROOM_NAME};
+
+/// A status we answer with, and its reason phrase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    SwitchingProtocols,
+    Ok,
+    NotModified,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    UpgradeRequired,
+    HeadTooLarge,
+    ServiceUnavailable,
+    VersionNotSupported,
+}
+
+impl Status {
+    pub fn code(self) -> u16 {
+        match self {
+            Status::SwitchingProtocols => 101,
+            Status::Ok => 200,
+            Status::NotModified => 304,
+            Status::BadRequest => 400,
+            Status::Forbidden => 403,
+            Status::NotFound => 404,
+            Status::MethodNotAllowed => 405,
+            Status::UpgradeRequired => 426,
+            Status::HeadTooLarge => 431,
+            Status::ServiceUnavailable => 503,
+            Status::VersionNotSupported => 505,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Status::SwitchingProtocols => "Switching Protocols",
+            Status::Ok => "OK",
+            Status::NotModified => "Not Modified",
+            Status::BadRequest => "Bad Request",
+            Status::Forbidden => "Forbidden",
+            Status::NotFound => "Not Found",
+            Status::MethodNotAllowed => "Method Not Allowed",
+            Status::UpgradeRequired => "Upgrade Required",
+            Status::HeadTooLarge => "Request Header Fields Too Large",
+            Status::ServiceUnavailable => "Service Unavailable",
+            Status::VersionNotSupported => "HTTP Version Not Supported",
+        }
+    }
+}
+
+/// Why a request head could not be used; each maps to one status and a one-line body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// The head is not valid HTTP/1.x.
+    Malformed(&'static str),
+    /// Over [`MAX_HEAD_SIZE`] bytes or [`MAX_HEADERS`] lines.
+    HeadTooLarge,
+    /// Not HTTP/1.0 or HTTP/1.1.
+    Version,
+    /// Not GET or HEAD.
+    Method,
+    /// An upgrade request that is not a valid RFC 6455 opening handshake.
+    BadUpgrade(&'static str),
+    /// `Sec-WebSocket-Version` other than 13.
+    WebSocketVersion,
+    /// A path with a file extension that the page does not have, or a reserved path.
+    NotFound,
+}
+
+impl HttpError {
+    pub fn status(&self) -> Status {
+        match self {
+            HttpError::Malformed(_) | HttpError::BadUpgrade(_) => Status::BadRequest,
+            HttpError::HeadTooLarge => Status::HeadTooLarge,
+            HttpError::Version => Status::VersionNotSupported,
+            HttpError::Method => Status::MethodNotAllowed,
+            HttpError::WebSocketVersion => Status::UpgradeRequired,
+            HttpError::NotFound => Status::NotFound,
+        }
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::Malformed(why) => write!(f, "malformed request: {why}"),
+            HttpError::HeadTooLarge => write!(
+                f,
+                "request head over {MAX_HEAD_SIZE} bytes or {MAX_HEADERS} headers"
+            ),
+            HttpError::Version => f.write_str("only HTTP/1.0 and HTTP/1.1 are served"),
+            HttpError::Method => f.write_str("only GET and HEAD are allowed"),
+            HttpError::BadUpgrade(why) => write!(f, "bad WebSocket upgrade: {why}"),
+            HttpError::WebSocketVersion => f.write_str("only WebSocket version 13 is supported"),
+            HttpError::NotFound => f.write_str("not found"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+}
+
+/// The parts of a request head that routing needs, copied out of the read buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    /// The path without query or fragment, as sent (no decoding: rooms are raw paths).
+    pub path: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub keep_alive: bool,
+    pub host: Option<String>,
+    pub origin: Option<String>,
+    pub if_none_match: Option<String>,
+    /// Present when the request asks to become a WebSocket.
+    pub upgrade: Option<Upgrade>,
+}
+
+/// A valid RFC 6455 opening handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    pub key: String,
+}
+
+/// The result of offering the bytes received so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// More bytes are needed.
+    Partial,
+    /// A whole head of `len` bytes; bytes after it belong to what follows.
+    Complete(Request, usize),
+}
+
+/// Parses the request head at the start of `buf`. Called each time bytes arrive on a
+/// connection in the HTTP phase.
+pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD_SIZE {
+                Err(HttpError::HeadTooLarge)
+            } else {
+                Ok(Head::Partial)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
+        Err(httparse::Error::Version) => return Err(version_or_malformed(buf)),
+        Err(_) => return Err(HttpError::Malformed("not an HTTP/1.x request head")),
+    };
+    if len > MAX_HEAD_SIZE {
+        return Err(HttpError::HeadTooLarge);
+    }
+    let minor_version = parsed.version.unwrap_or(1);
+    let method = match parsed.method.unwrap_or("") {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        _ => return Err(HttpError::Method),
+    };
+    let target = parsed.path.unwrap_or("");
+    if !target.starts_with('/') {
+        return Err(HttpError::Malformed("the target must be an absolute path"));
+    }
+    let path = target.split(['?', '#']).next().unwrap_or("/").to_string();
+
+    let mut host = None;
+    let mut origin = None;
+    let mut if_none_match = None;
+    let mut connection_tokens = String::new();
+    let mut upgrade_websocket = false;
+    let mut upgrade_header = false;
+    let mut ws_key = None;
+    let mut ws_version = None;
+    for header in parsed.headers.iter() {
+        let value = std::str::from_utf8(header.value)
+            .map_err(|_| HttpError::Malformed("a header value is not UTF-8"))?
+            .trim();
+        let name = header.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Err(HttpError::Malformed("more than one Host header"));
+            }
+            host = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            if_none_match = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection_tokens.push(',');
+            connection_tokens.push_str(value);
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_header = true;
+            upgrade_websocket |= value
+                .split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            ws_key = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            ws_version = Some(value.to_string());
+        }
+    }
+    if minor_version == 1 && host.is_none() {
+        // RFC 9112 3.2: a server MUST respond with 400 to an HTTP/1.1 request without Host.
+        return Err(HttpError::Malformed("HTTP/1.1 request without Host"));
+    }
+    let has_token = |token: &str| {
+        connection_tokens
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let keep_alive = if minor_version == 1 {
+        !has_token("close")
+    } else {
+        has_token("keep-alive")
+    };
+
+    let upgrade = if upgrade_header || ws_key.is_some() {
+        Some(check_upgrade(
+            method,
+            minor_version,
+            upgrade_websocket,
+            has_token("upgrade"),
+            ws_key,
+            ws_version,
+        )?)
+    } else {
+        None
+    };
+
+    Ok(Head::Complete(
+        Request {
+            method,
+            path,
+            minor_version,
+            keep_alive,
+            host,
+            origin,
+            if_none_match,
+            upgrade,
+        },
+        len,
+    ))
+}
+
+/// httparse says "Version" both for `HTTP/2.0` and for garbage; answer 505 only to the first.
+fn version_or_malformed(buf: &[u8]) -> HttpError {
+    let first_line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    if first_line.windows(5).any(|w| w == b"HTTP/") {
+        HttpError::Version
+    } else {
+        HttpError::Malformed("not an HTTP/1.x request line")
+    }
+}
+
+/// RFC 6455 4.2.1: the checks a server makes on the client's opening handshake.
+fn check_upgrade(
+    method: Method,
+    minor_version: u8,
+    upgrade_websocket: bool,
+    connection_upgrade: bool,
+    key: Option<String>,
+    version: Option<String>,
+) -> Result<Upgrade, HttpError> {
+    if method != Method::Get || minor_version != 1 {
+        return Err(HttpError::BadUpgrade("must be an HTTP/1.1 GET"));
+    }
+    if !upgrade_websocket {
+        return Err(HttpError::BadUpgrade("Upgrade must be websocket"));
+    }
+    if !connection_upgrade {
+        return Err(HttpError::BadUpgrade("Connection must include Upgrade"));
+    }
+    match version.as_deref() {
+        Some("13") => {}
+        Some(_) => return Err(HttpError::WebSocketVersion),
+        None => return Err(HttpError::BadUpgrade("Sec-WebSocket-Version missing")),
+    }
+    let key = key.ok_or(HttpError::BadUpgrade("Sec-WebSocket-Key missing"))?;
+    // "a base64-encoded value that, when decoded, is 16 bytes in length": 24 characters
+    // ending in "==".
+    let valid_key = key.len() == 24
+        && key.ends_with("==")
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+    if !valid_key {
+        return Err(HttpError::BadUpgrade(
+            "Sec-WebSocket-Key is not 16 bytes of base64",
+        ));
+    }
+    Ok(Upgrade { key })
+}
+
+/// What a request asks for, once its path is looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Join the room named by the path.
+    WebSocket {
+        room: String,
+    },
+    Health,
+    Metrics,
+    /// One of the page's files, by its path.
+    Asset(String),
+    /// The chat page itself, for the room named by the path.
+    Page,
+}
+
+pub const HEALTH_PATH: &str = "/healthz";
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Decides what a complete request is for. `is_asset` says whether a path names a file of the
+/// page. Called once per request head.
+pub fn route(request: &Request, is_asset: impl Fn(&str) -> bool) -> Result<Route, HttpError> {
+    let path = request.path.as_str();
+    let reserved = path == HEALTH_PATH || path == METRICS_PATH;
+    if request.upgrade.is_some() {
+        if reserved || is_asset(path) {
+            return Err(HttpError::NotFound);
+        }
+        return Ok(Route::WebSocket {
+            room: room_name(path)?,
+        });
+    }
+    if path == HEALTH_PATH {
+        return Ok(Route::Health);
+    }
+    if path == METRICS_PATH {
+        return Ok(Route::Metrics);
+    }
+    if is_asset(path) {
+        return Ok(Route::Asset(path.to_string()));
+    }
+    let last_segment = path.rsplit('/').next().unwrap_or("");
+    if last_segment.contains('.') {
+        return Err(HttpError::NotFound);
+    }
+    room_name(path)?;
+    Ok(Route::Page)
+}
+
+/// The room a path names: the path itself, without a trailing slash (`/lobby/` is `/lobby`);
+/// `/` is the default room.
+pub fn room_name(path: &str) -> Result<String, HttpError> {
+    if path.len() > MAX_ROOM_NAME {
+        return Err(HttpError::Malformed("path too long for a room name"));
+    }
+    if path.bytes().any(|b| b.is_ascii_control()) {
+        return Err(HttpError::Malformed("control characters in the path"));
+    }
+    let trimmed = path.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    })
+}
+
+/// A response head with the headers every response carries. The body, if any, is queued after
+/// it by the caller, so large static bodies are never copied.
+pub struct ResponseHead {
+    status: Status,
+    text: String,
+}
+
+impl ResponseHead {
+    pub fn new(status: Status) -> Self {
+        let mut text = String::with_capacity(256);
+        text.push_str("HTTP/1.1 ");
+        text.push_str(&status.code().to_string());
+        text.push(' ');
+        text.push_str(status.reason());
+        text.push_str("\r\nServer: wschat\r\n");
+        ResponseHead { status, text }
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.text.push_str(name);
+        self.text.push_str(": ");
+        self.text.push_str(value);
+        self.text.push_str("\r\n");
+        self
+    }
+
+    /// Ends the head; `body_len` becomes `Content-Length`, `keep_alive` the `Connection` header.
+    pub fn finish(self, body_len: Option<usize>, keep_alive: bool) -> Vec<u8> {
+        let mut text = self.text;
+        if let Some(len) = body_len {
+            text.push_str("Content-Length: ");
+            text.push_str(&len.to_string());
+            text.push_str("\r\n");
+        }
+        if self.status != Status::SwitchingProtocols {
+            text.push_str(if keep_alive {
+                "Connection: keep-alive\r\n"
+            } else {
+                "Connection: close\r\n"
+            });
+        }
+        text.push_str("\r\n");
+        text.into_bytes()
+    }
+}
+
+/// The 101 that completes the WebSocket opening handshake.
+pub fn switching_protocols(key: &str) -> Vec<u8> {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    ResponseHead::new(Status::SwitchingProtocols)
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Accept", &accept)
+        .finish(None, true)
+}
+
+/// An error or short plain-text answer: head and body in one buffer.
+pub fn text_response(
+    status: Status,
+    body: &str,
+    extra: &[(&str, &str)],
+    keep_alive: bool,
+    head_only: bool,
+) -> Vec<u8> {
+    let mut head = ResponseHead::new(status)
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .header("Cache-Control", "no-store");
+    for (name, value) in extra {
+        head = head.header(name, value);
+    }
+    let mut bytes = head.finish(Some(body.len()), keep_alive);
+    if !head_only {
+        bytes.extend_from_slice(body.as_bytes());
+    }
+    bytes
+}
+
+/// Does this `Origin` belong to the same host the request was sent to?
+pub fn origin_matches_host(origin: &str, host: &str) -> bool {
+    let without_scheme = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    match without_scheme {
+        Some(origin_host) => origin_host.eq_ignore_ascii_case(host),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /lobby HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
+        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    fn complete(text: &str) -> Request {
+        match parse_head(text.as_bytes()) {
+            Ok(Head::Complete(request, len)) => {
+                assert_eq!(len, text.len());
+                request
+            }
+            other => panic!("expected a complete head, got {other:?}"),
+        }
+    }
+
+    fn no_assets(_: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn parses_an_upgrade() {
+        let request = complete(UPGRADE);
+        assert_eq!(request.path, "/lobby");
+        assert_eq!(
+            request.upgrade,
+            Some(Upgrade {
+                key: "dGhlIHNhbXBsZSBub25jZQ==".into()
+            })
+        );
+        assert_eq!(
+            route(&request, no_assets),
+            Ok(Route::WebSocket {
+                room: "/lobby".into()
+            })
+        );
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        for cut in 0..UPGRADE.len() {
+            assert_eq!(
+                parse_head(&UPGRADE.as_bytes()[..cut]),
+                Ok(Head::Partial),
+                "{cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_head_are_not_consumed() {
+        let mut bytes = UPGRADE.as_bytes().to_vec();
+        bytes.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
+        match parse_head(&bytes) {
+            Ok(Head::Complete(_, len)) => assert_eq!(len, UPGRADE.len()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_accept_key_matches_the_rfc_example() {
+        let response = String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
+        assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_refused() {
+        let mut text = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        while text.len() < MAX_HEAD_SIZE {
+            text.push_str("X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert_eq!(parse_head(text.as_bytes()), Err(HttpError::HeadTooLarge));
+        let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..MAX_HEADERS + 1 {
+            many.push_str(&format!("X-{i}: 1\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(parse_head(many.as_bytes()), Err(HttpError::HeadTooLarge));
+    }
+
+    #[test]
+    fn statuses_for_bad_requests() {
+        let status = |text: &str| parse_head(text.as_bytes()).unwrap_err().status();
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Status::MethodNotAllowed
+        );
+        assert_eq!(
+            status("GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+            Status::VersionNotSupported
+        );
+        assert_eq!(status("\x01\x02 nonsense\r\n\r\n"), Status::BadRequest);
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), Status::BadRequest);
+        assert_eq!(
+            status("GET nope HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Status::BadRequest
+        );
+        let bad_key = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
+        assert_eq!(status(&bad_key), Status::BadRequest);
+        let no_connection = UPGRADE.replace("keep-alive, Upgrade", "keep-alive");
+        assert_eq!(status(&no_connection), Status::BadRequest);
+        let version_8 = UPGRADE.replace("Version: 13", "Version: 8");
+        assert_eq!(status(&version_8), Status::UpgradeRequired);
+        let http10 = UPGRADE.replace("HTTP/1.1", "HTTP/1.0");
+        assert_eq!(status(&http10), Status::BadRequest);
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_header() {
+        assert!(complete("GET / HTTP/1.1\r\nHost: x\r\n\r\n").keep_alive);
+        assert!(!complete("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!complete("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(complete("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn routes_plain_requests() {
+        let is_asset = |p: &str| p == "/chat.js";
+        let route_of = |path: &str| {
+            route(
+                &complete(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")),
+                is_asset,
+            )
+        };
+        assert_eq!(route_of("/"), Ok(Route::Page));
+        assert_eq!(route_of("/lobby?x=1"), Ok(Route::Page));
+        assert_eq!(route_of("/chat.js"), Ok(Route::Asset("/chat.js".into())));
+        assert_eq!(route_of("/missing.png"), Err(HttpError::NotFound));
+        assert_eq!(route_of("/healthz"), Ok(Route::Health));
+        assert_eq!(route_of("/metrics"), Ok(Route::Metrics));
+    }
+
+    #[test]
+    fn room_names_drop_the_trailing_slash() {
+        assert_eq!(room_name("/"), Ok("/".into()));
+        assert_eq!(room_name("//"), Ok("/".into()));
+        assert_eq!(room_name("/lobby/"), Ok("/lobby".into()));
+        assert!(room_name(&format!("/{}", "a".repeat(MAX_ROOM_NAME))).is_err());
+    }
+
+    #[test]
+    fn origins() {
+        assert!(origin_matches_host(
+            "http://localhost:6969",
+            "localhost:6969"
+        ));
+        assert!(origin_matches_host("https://Chat.Example", "chat.example"));
+        assert!(!origin_matches_host("http://evil.example", "chat.example"));
+        assert!(!origin_matches_host("null", "chat.example"));
+    }
+
+    #[test]
+    fn text_responses_carry_length_and_connection() {
+        let bytes = text_response(Status::NotFound, "not found\n", &[], false, false);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(text.contains("Content-Length: 10\r\n"));
+        assert!(text.contains("Connection: close\r\n"));
+        assert!(text.ends_with("\r\n\r\nnot found\n"));
+        let head = text_response(Status::Ok, "ok\n", &[], true, true);
+        assert!(
+            String::from_utf8(head)
+                .unwrap()
+                .ends_with("Content-Length: 3\r\nConnection: keep-alive\r\n\r\n")
+        );
+    }
+}

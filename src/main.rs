@@ -1,0 +1,63 @@
+//! wschat's command line: parse flags, set up logging, run the server, map the outcome to an
+//! exit code (0 clean stop, 1 runtime failure such as a port in use, 2 usage error).
+
+use std::process::ExitCode;
+
+use wschat::cli::{self, Command};
+use wschat::config::PageSource;
+use wschat::{Server, ServerError};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let port_env = std::env::var("PORT").ok();
+    let (config, level) = match cli::parse(&args, port_env.as_deref()) {
+        Ok(Command::Run(config, level)) => (config, level),
+        Ok(Command::Help) => {
+            print!("{}", cli::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("wschat {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("wschat: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_utc_timestamps()
+        .init()
+    {
+        eprintln!("wschat: cannot start logging: {e}");
+        return ExitCode::from(1);
+    }
+    let page = match &config.page {
+        PageSource::BuiltIn => "built-in page".to_string(),
+        PageSource::Dir(dir) => format!("page from {}", dir.display()),
+    };
+    let mut server = match Server::bind(*config) {
+        Ok(server) => server,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = server.handle_signals() {
+        return fail(e);
+    }
+    let address = server.local_addr();
+    log::info!(
+        "wschat {} listening on {address} ({page}): open http://localhost:{}/ in a browser",
+        env!("CARGO_PKG_VERSION"),
+        address.port()
+    );
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(error: ServerError) -> ExitCode {
+    log::error!("{error}");
+    eprintln!("wschat: {error}");
+    ExitCode::from(1)
+}

@@ -1,0 +1,475 @@
+//! Counters kept by the loop as plain integers, and the `/metrics` page rendered from them in
+//! one pass. Nothing here steers control flow.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::connection::CloseReason;
+
+/// Why a connection or upgrade was refused before it became a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    AtCapacity,
+    Origin,
+    BadRequest,
+    Draining,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] = [
+        Refusal::AtCapacity,
+        Refusal::Origin,
+        Refusal::BadRequest,
+        Refusal::Draining,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::AtCapacity => "at_capacity",
+            Refusal::Origin => "origin",
+            Refusal::BadRequest => "bad_request",
+            Refusal::Draining => "draining",
+        }
+    }
+}
+
+/// Why a message was not delivered to a member (or not relayed at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// drop-newest: the member's queue was over budget.
+    SlowClientNewest,
+    /// drop-oldest: older queued messages were discarded for this one.
+    SlowClientOldest,
+    /// The process-wide outbound budget shed it.
+    TotalBudget,
+    /// The sender was over `--max-rate`.
+    RateLimit,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        DropReason::SlowClientNewest,
+        DropReason::SlowClientOldest,
+        DropReason::TotalBudget,
+        DropReason::RateLimit,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::SlowClientNewest => "slow_client_newest",
+            DropReason::SlowClientOldest => "slow_client_oldest",
+            DropReason::TotalBudget => "total_budget",
+            DropReason::RateLimit => "rate_limit",
+        }
+    }
+}
+
+/// Upper bounds of the loop-iteration histogram, in seconds.
+const LOOP_BUCKETS: [f64; 10] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
+];
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub connections_open: u64,
+    pub connections_peak: u64,
+    pub connections_accepted: u64,
+    pub websockets_open: u64,
+    pub refused: [u64; 4],
+    pub closed: [u64; CloseReason::ALL.len()],
+    pub messages_received: u64,
+    pub bytes_received: u64,
+    pub deliveries: u64,
+    pub bytes_sent: u64,
+    pub dropped: [u64; 4],
+    pub slow_client_closes: u64,
+    pub http_requests: u64,
+    pub accept_errors: u64,
+    pub loop_iterations: u64,
+    loop_buckets: [u64; LOOP_BUCKETS.len()],
+    loop_seconds_sum: f64,
+}
+
+/// Values that are read off the server when the page is rendered, not counted.
+pub struct Gauges {
+    pub rooms_open: usize,
+    pub rooms_dormant: usize,
+    pub outbound_bytes: usize,
+    pub outbound_largest: usize,
+    pub max_connections: usize,
+    pub uptime: Duration,
+    pub draining: bool,
+    /// Extra lines (the Redis link) rendered as they are.
+    pub extra: String,
+}
+
+impl Stats {
+    pub fn refuse(&mut self, why: Refusal) {
+        self.refused[why as usize] += 1;
+    }
+
+    pub fn drop_message(&mut self, why: DropReason, count: u64) {
+        self.dropped[why as usize] += count;
+    }
+
+    pub fn close(&mut self, why: CloseReason) {
+        self.closed[why.index()] += 1;
+    }
+
+    pub fn record_loop(&mut self, took: Duration) {
+        self.loop_iterations += 1;
+        let seconds = took.as_secs_f64();
+        self.loop_seconds_sum += seconds;
+        if let Some(bucket) = LOOP_BUCKETS.iter().position(|&b| seconds <= b) {
+            self.loop_buckets[bucket] += 1;
+        }
+    }
+
+    pub fn opened(&mut self) {
+        self.connections_accepted += 1;
+        self.connections_open += 1;
+        self.connections_peak = self.connections_peak.max(self.connections_open);
+    }
+
+    /// The Prometheus text exposition format, version 0.0.4.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(out, "# HELP wschat_{name} {help}");
+            let _ = writeln!(out, "# TYPE wschat_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "wschat_{name}{labels} {value}");
+            }
+        };
+        let one = |v: f64| [("", v)];
+        metric(
+            "connections_open",
+            "gauge",
+            "TCP connections open now (HTTP and WebSocket).",
+            &one(self.connections_open as f64),
+        );
+        metric(
+            "websockets_open",
+            "gauge",
+            "WebSocket connections open now.",
+            &one(self.websockets_open as f64),
+        );
+        metric(
+            "connections_peak",
+            "gauge",
+            "Most connections open at once since start.",
+            &one(self.connections_peak as f64),
+        );
+        metric(
+            "connections_max",
+            "gauge",
+            "The WebSocket connection cap.",
+            &one(gauges.max_connections as f64),
+        );
+        metric(
+            "connections_accepted_total",
+            "counter",
+            "TCP connections accepted.",
+            &one(self.connections_accepted as f64),
+        );
+        let refused: Vec<(String, f64)> = Refusal::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.label()),
+                    self.refused[*r as usize] as f64,
+                )
+            })
+            .collect();
+        let refused: Vec<(&str, f64)> = refused.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "connections_refused_total",
+            "counter",
+            "Upgrades refused before the WebSocket began, by reason.",
+            &refused,
+        );
+        let closed: Vec<(String, f64)> = CloseReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.label()),
+                    self.closed[r.index()] as f64,
+                )
+            })
+            .collect();
+        let closed: Vec<(&str, f64)> = closed.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "connections_closed_total",
+            "counter",
+            "Connections closed, by reason.",
+            &closed,
+        );
+        metric(
+            "rooms_open",
+            "gauge",
+            "Rooms with members.",
+            &one(gauges.rooms_open as f64),
+        );
+        metric(
+            "rooms_dormant",
+            "gauge",
+            "Rooms without members that keep history.",
+            &one(gauges.rooms_dormant as f64),
+        );
+        metric(
+            "messages_received_total",
+            "counter",
+            "Text and binary messages received from clients.",
+            &one(self.messages_received as f64),
+        );
+        metric(
+            "received_bytes_total",
+            "counter",
+            "Bytes read from client sockets.",
+            &one(self.bytes_received as f64),
+        );
+        metric(
+            "deliveries_total",
+            "counter",
+            "Messages queued to a recipient.",
+            &one(self.deliveries as f64),
+        );
+        metric(
+            "sent_bytes_total",
+            "counter",
+            "Bytes written to client sockets.",
+            &one(self.bytes_sent as f64),
+        );
+        let dropped: Vec<(String, f64)> = DropReason::ALL
+            .iter()
+            .map(|d| {
+                (
+                    format!("{{reason=\"{}\"}}", d.label()),
+                    self.dropped[*d as usize] as f64,
+                )
+            })
+            .collect();
+        let dropped: Vec<(&str, f64)> = dropped.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "messages_dropped_total",
+            "counter",
+            "Deliveries dropped, by reason.",
+            &dropped,
+        );
+        metric(
+            "slow_client_closes_total",
+            "counter",
+            "Connections closed for exceeding the outbound budget.",
+            &one(self.slow_client_closes as f64),
+        );
+        metric(
+            "outbound_queued_bytes",
+            "gauge",
+            "Bytes queued for clients now, all connections.",
+            &one(gauges.outbound_bytes as f64),
+        );
+        metric(
+            "outbound_queued_largest_bytes",
+            "gauge",
+            "Bytes queued for the most backed-up connection.",
+            &one(gauges.outbound_largest as f64),
+        );
+        metric(
+            "http_requests_total",
+            "counter",
+            "Plain HTTP requests answered.",
+            &one(self.http_requests as f64),
+        );
+        metric(
+            "accept_errors_total",
+            "counter",
+            "accept() failures (EMFILE and the like).",
+            &one(self.accept_errors as f64),
+        );
+        metric(
+            "loop_iterations_total",
+            "counter",
+            "Passes of the event loop.",
+            &one(self.loop_iterations as f64),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wschat_loop_iteration_seconds Time spent handling one batch of events."
+        );
+        let _ = writeln!(out, "# TYPE wschat_loop_iteration_seconds histogram");
+        let mut cumulative = 0;
+        for (bound, count) in LOOP_BUCKETS.iter().zip(self.loop_buckets.iter()) {
+            cumulative += count;
+            let _ = writeln!(
+                out,
+                "wschat_loop_iteration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "wschat_loop_iteration_seconds_bucket{{le=\"+Inf\"}} {}",
+            self.loop_iterations
+        );
+        let _ = writeln!(
+            out,
+            "wschat_loop_iteration_seconds_sum {}",
+            self.loop_seconds_sum
+        );
+        let _ = writeln!(
+            out,
+            "wschat_loop_iteration_seconds_count {}",
+            self.loop_iterations
+        );
+        let process = ProcessInfo::read();
+        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        if let Some(rss) = process.resident_bytes {
+            metric(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                rss as f64,
+            );
+        }
+        if let Some(fds) = process.open_fds {
+            metric(
+                "process_open_fds",
+                "gauge",
+                "Number of open file descriptors.",
+                fds as f64,
+            );
+        }
+        metric(
+            "wschat_uptime_seconds",
+            "gauge",
+            "Seconds since the server started.",
+            gauges.uptime.as_secs_f64(),
+        );
+        metric(
+            "wschat_draining",
+            "gauge",
+            "1 while shutting down.",
+            if gauges.draining { 1.0 } else { 0.0 },
+        );
+        out.push_str(&gauges.extra);
+        out
+    }
+
+    /// The periodic one-line summary; None when nothing happened since `previous`.
+    pub fn summary_line(&self, previous: &Stats, gauges: &Gauges) -> Option<String> {
+        let changed = self.connections_accepted != previous.connections_accepted
+            || self.messages_received != previous.messages_received
+            || self.deliveries != previous.deliveries
+            || self.closed != previous.closed;
+        if !changed {
+            return None;
+        }
+        Some(format!(
+            "stats: websockets={} connections={} rooms={} received={} (+{}) delivered={} (+{}) dropped={} queued_bytes={} rss_kib={}",
+            self.websockets_open,
+            self.connections_open,
+            gauges.rooms_open,
+            self.messages_received,
+            self.messages_received - previous.messages_received,
+            self.deliveries,
+            self.deliveries - previous.deliveries,
+            self.dropped.iter().sum::<u64>(),
+            gauges.outbound_bytes,
+            ProcessInfo::read().resident_bytes.unwrap_or(0) / 1024,
+        ))
+    }
+}
+
+/// Figures about this process read from /proc (Linux); absent elsewhere.
+pub struct ProcessInfo {
+    pub resident_bytes: Option<u64>,
+    pub open_fds: Option<u64>,
+}
+
+impl ProcessInfo {
+    pub fn read() -> Self {
+        let resident_bytes = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| {
+                let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+                // SAFETY: sysconf has no preconditions.
+                let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+                Some(pages * page.max(4096) as u64)
+            });
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|dir| dir.count() as u64);
+        ProcessInfo {
+            resident_bytes,
+            open_fds,
+        }
+    }
+}
+
+/// Seconds since start, for gauges.
+pub fn uptime(started: Instant, now: Instant) -> Duration {
+    now.saturating_duration_since(started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauges() -> Gauges {
+        Gauges {
+            rooms_open: 2,
+            rooms_dormant: 0,
+            outbound_bytes: 5,
+            outbound_largest: 5,
+            max_connections: 100,
+            uptime: Duration::from_secs(3),
+            draining: false,
+            extra: String::new(),
+        }
+    }
+
+    #[test]
+    fn every_sample_has_help_and_type() {
+        let mut stats = Stats::default();
+        stats.opened();
+        stats.record_loop(Duration::from_micros(30));
+        stats.close(CloseReason::SlowConsumer);
+        let page = stats.render(&gauges());
+        let mut declared = std::collections::HashSet::new();
+        for line in page.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let base = name
+                    .trim_end_matches("_bucket")
+                    .trim_end_matches("_sum")
+                    .trim_end_matches("_count");
+                assert!(
+                    declared.contains(name) || declared.contains(base),
+                    "undeclared {line}"
+                );
+            }
+        }
+        assert!(page.contains("wschat_connections_closed_total{reason=\"slow_consumer\"} 1\n"));
+        assert!(page.contains("wschat_loop_iteration_seconds_bucket{le=\"0.00005\"} 1\n"));
+        assert!(page.contains("wschat_rooms_open 2\n"));
+    }
+
+    #[test]
+    fn summary_is_silent_when_nothing_happened() {
+        let stats = Stats::default();
+        assert_eq!(stats.summary_line(&stats.clone(), &gauges()), None);
+        let mut busier = stats.clone();
+        busier.messages_received = 3;
+        assert!(
+            busier
+                .summary_line(&stats, &gauges())
+                .unwrap()
+                .contains("received=3 (+3)")
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! Shared by every integration test: start the real server on 127.0.0.1:0 in a thread, talk to
+//! it over real sockets with tungstenite's client (or raw bytes), stop it through its handle.
+#![allow(dead_code)]
+
+pub mod redis;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket, stream::MaybeTlsStream};
+pub use wschat::Config;
+use wschat::{Server, ServerError, ServerHandle};
+
+/// How long a test waits for anything before it fails.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub type Client = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// A server running in a thread; stopped (gracefully) on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    handle: ServerHandle,
+    thread: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+/// Settings for tests: loopback, a free port, no systemd, no stats line.
+pub fn config() -> Config {
+    Config {
+        bind: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        systemd: false,
+        stats_interval: None,
+        ..Config::default()
+    }
+}
+
+pub fn start(config: Config) -> TestServer {
+    let server = Server::bind(config).expect("server binds");
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let thread = std::thread::spawn(move || server.run());
+    TestServer {
+        addr,
+        handle,
+        thread: Some(thread),
+    }
+}
+
+pub fn start_default() -> TestServer {
+    start(config())
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Begins the graceful shutdown (Close 1001 to every client) without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.handle.shutdown();
+    }
+
+    /// Shuts down and waits for the loop to return.
+    pub fn stop(mut self) -> Result<(), ServerError> {
+        self.handle.shutdown();
+        self.thread.take().expect("running").join().expect("server thread did not panic")
+    }
+
+    /// A WebSocket client in `path`'s room, with read timeouts.
+    pub fn client(&self, path: &str) -> Client {
+        let (client, response) = tungstenite::connect(self.url(path)).expect("upgrade succeeds");
+        assert_eq!(response.status(), 101);
+        set_timeout(&client, TIMEOUT);
+        client
+    }
+
+    /// A raw TCP connection with read and write timeouts.
+    pub fn raw(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// A raw connection that has completed the opening handshake for `path`.
+    pub fn raw_websocket(&self, path: &str) -> TcpStream {
+        let mut stream = self.raw();
+        stream.write_all(upgrade_request(path).as_bytes()).unwrap();
+        let head = read_head(&mut stream);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        stream
+    }
+
+    /// Sends one HTTP request (with `Connection: close`) and returns status, head and body.
+    pub fn http(&self, request: &str) -> HttpReply {
+        let mut stream = self.raw();
+        stream.write_all(request.as_bytes()).unwrap();
+        read_reply(&mut stream)
+    }
+
+    pub fn get(&self, path: &str) -> HttpReply {
+        self.http(&format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        ))
+    }
+
+    /// One metric's value from `/metrics` (the first sample whose name and labels match).
+    pub fn metric(&self, sample: &str) -> f64 {
+        let page = self.get("/metrics").body_text();
+        page.lines()
+            .find_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                (name == sample).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{page}"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.handle.shutdown();
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn set_timeout(client: &Client, timeout: Duration) {
+    if let MaybeTlsStream::Plain(stream) = client.get_ref() {
+        stream.set_read_timeout(Some(timeout)).unwrap();
+    }
+}
+
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Reads up to the end of an HTTP head, byte by byte (so nothing after it is consumed).
+pub fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "connection ended inside a response head ({other:?}): {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8(head).unwrap()
+}
+
+pub struct HttpReply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one response: head, then `Content-Length` bytes of body (or to end of stream).
+pub fn read_reply(stream: &mut TcpStream) -> HttpReply {
+    let head = read_head(stream);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    let mut reply = HttpReply {
+        status,
+        head,
+        body: Vec::new(),
+    };
+    match reply.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(len) => {
+            reply.body = vec![0; len];
+            stream.read_exact(&mut reply.body).expect("whole body");
+        }
+        None => {
+            let _ = stream.read_to_end(&mut reply.body);
+        }
+    }
+    reply
+}
+
+/// A client frame, masked as RFC 6455 requires (or not, to test that rule).
+pub fn frame(first_byte: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![first_byte];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        len @ 0..=125 => out.push(mask_bit | len as u8),
+        len @ 126..=0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads one server frame from a raw socket: (first byte, payload).
+pub fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut header = [0u8; 2];
+    stream.read_exact(&mut header).expect("frame header");
+    assert_eq!(header[1] & 0x80, 0, "server frames are never masked");
+    let len = match header[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            stream.read_exact(&mut b).unwrap();
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            stream.read_exact(&mut b).unwrap();
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload).expect("frame payload");
+    (header[0], payload)
+}
+
+/// Reads frames until a Close frame; returns its code (None for an empty Close).
+pub fn read_close_code(stream: &mut TcpStream) -> Option<u16> {
+    loop {
+        let (first, payload) = read_frame(stream);
+        if first & 0x0f == 0x8 {
+            return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+}
+
+/// Reads the next data message, answering nothing else (pings are answered by tungstenite).
+pub fn next_message(client: &mut Client) -> Message {
+    loop {
+        match client.read() {
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => return m,
+            Ok(Message::Close(frame)) => panic!("closed: {frame:?}"),
+            Ok(_) => continue,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+}
+
+pub fn next_text(client: &mut Client) -> String {
+    match next_message(client) {
+        Message::Text(text) => text.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// Asserts that nothing arrives within `wait`.
+pub fn assert_silent(client: &mut Client, wait: Duration) {
+    set_timeout(client, wait);
+    match client.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        other => panic!("expected silence, got {other:?}"),
+    }
+    set_timeout(client, TIMEOUT);
+}
+
+/// Reads until the server's Close arrives; returns its code.
+pub fn expect_close(client: &mut Client) -> CloseCode {
+    loop {
+        match client.read() {
+            Ok(Message::Close(Some(frame))) => return frame.code,
+            Ok(Message::Close(None)) => panic!("close without a code"),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+/// Polls `condition` until it holds or `TIMEOUT` passes.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until the server counts `n` open WebSockets (joins are asynchronous to the client).
+pub fn wait_for_members(server: &TestServer, n: usize) {
+    eventually(&format!("{n} websockets"), || {
+        server.metric("wschat_websockets_open") as usize == n
+    });
+}
