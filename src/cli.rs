@@ -42,6 +42,10 @@ Options:
   --history N                 messages each room keeps for late joiners; 0 = off [default: 0]
   --history-bytes BYTES       bytes each room's history keeps at most [default: 256K]
   --history-ttl SECS          history kept after a room's last member leaves [default: 3600]
+  --redis URL                 share rooms with the other wschat processes on this Redis:
+                              redis://[:password@]host:port[/db] [default: $WSCHAT_REDIS]
+  --redis-sharded             use Redis 7 sharded pub/sub (SSUBSCRIBE/SPUBLISH) on one
+                              endpoint
   --no-systemd                ignore LISTEN_FDS and NOTIFY_SOCKET
   -h, --help                  print this help
   -V, --version               print the version
@@ -71,9 +75,25 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// Parses the arguments (without the program name). `port_env` is `$PORT`.
-pub fn parse(args: &[String], port_env: Option<&str>) -> Result<Command, UsageError> {
+/// The environment variables the command line honours.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Environment<'a> {
+    /// `$PORT`
+    pub port: Option<&'a str>,
+    /// `$WSCHAT_REDIS`
+    pub redis: Option<&'a str>,
+}
+
+/// Parses the arguments (without the program name).
+pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageError> {
+    let port_env = env.port;
     let mut config = Config::default();
+    if let Some(url) = env.redis.filter(|u| !u.is_empty()) {
+        config.redis = Some(
+            crate::redis::RedisUrl::parse(url)
+                .map_err(|e| UsageError(format!("WSCHAT_REDIS: {e}")))?,
+        );
+    }
     let mut level = log::LevelFilter::Info;
     let mut over_rate = OverRate::Drop;
     let mut rate: Option<(f64, f64)> = None;
@@ -102,6 +122,14 @@ pub fn parse(args: &[String], port_env: Option<&str>) -> Result<Command, UsageEr
             "-V" | "--version" => return Ok(Command::Version),
             "--echo" => config.echo = true,
             "--no-systemd" => config.systemd = false,
+            "--redis-sharded" => config.redis_sharded = true,
+            "--redis" => {
+                let v = value()?;
+                config.redis = Some(
+                    crate::redis::RedisUrl::parse(&v)
+                        .map_err(|e| UsageError(format!("--redis: {e}")))?,
+                );
+            }
             "--bind" => {
                 let v = value()?;
                 config.bind = v
@@ -255,7 +283,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Config, UsageError> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        match parse(&args, None)? {
+        match parse(&args, Environment::default())? {
             Command::Run(config, _) => Ok(*config),
             other => panic!("{other:?}"),
         }
@@ -316,11 +344,35 @@ mod tests {
 
     #[test]
     fn port_comes_from_the_environment_unless_a_flag_says_otherwise() {
-        let parsed = parse(&[], Some("7000")).unwrap();
+        let env = Environment {
+            port: Some("7000"),
+            redis: None,
+        };
+        let parsed = parse(&[], env).unwrap();
         assert!(matches!(parsed, Command::Run(c, _) if c.port == 7000));
-        let parsed = parse(&["--port".into(), "7001".into()], Some("7000")).unwrap();
+        let parsed = parse(&["--port".into(), "7001".into()], env).unwrap();
         assert!(matches!(parsed, Command::Run(c, _) if c.port == 7001));
-        assert!(parse(&[], Some("http")).is_err());
+        let bad = Environment {
+            port: Some("http"),
+            redis: None,
+        };
+        assert!(parse(&[], bad).is_err());
+    }
+
+    #[test]
+    fn redis_comes_from_the_flag_or_the_environment() {
+        let env = Environment {
+            port: None,
+            redis: Some("redis://127.0.0.1:6390"),
+        };
+        let parsed = parse(&[], env).unwrap();
+        assert!(matches!(parsed, Command::Run(c, _) if c.redis.is_some()));
+        assert!(run(&["--redis", "http://nope"]).is_err());
+        assert!(
+            run(&["--redis", "redis://127.0.0.1:7000/2", "--redis-sharded"])
+                .unwrap()
+                .redis_sharded
+        );
     }
 
     #[test]

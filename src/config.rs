@@ -150,6 +150,10 @@ pub struct Config {
     pub history_ttl: Duration,
     /// Use the systemd socket-activation and notification protocols when the environment says so.
     pub systemd: bool,
+    /// Share rooms with other wschat processes through this Redis (`--redis`).
+    pub redis: Option<crate::redis::RedisUrl>,
+    /// Use Redis 7 sharded pub/sub (SSUBSCRIBE/SPUBLISH) on a single endpoint.
+    pub redis_sharded: bool,
 }
 
 impl Default for Config {
@@ -175,6 +179,8 @@ impl Default for Config {
             history_bytes: DEFAULT_HISTORY_BYTES,
             history_ttl: DEFAULT_HISTORY_TTL,
             systemd: true,
+            redis: None,
+            redis_sharded: false,
         }
     }
 }

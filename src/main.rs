@@ -9,8 +9,13 @@ use wschat::{Server, ServerError};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let port_env = std::env::var("PORT").ok();
-    let (config, level) = match cli::parse(&args, port_env.as_deref()) {
+    let port = std::env::var("PORT").ok();
+    let redis = std::env::var("WSCHAT_REDIS").ok();
+    let env = cli::Environment {
+        port: port.as_deref(),
+        redis: redis.as_deref(),
+    };
+    let (config, level) = match cli::parse(&args, env) {
         Ok(Command::Run(config, level)) => (config, level),
         Ok(Command::Help) => {
             print!("{}", cli::HELP);

@@ -92,7 +92,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -388,8 +388,8 @@ pub enum MessageKind {
 /// A message published by another node to a room this node is subscribed to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Incoming {
-    /// Room path (shared with the link's subscription set, no allocation).
-    pub room: Rc<str>,
+    /// Room path (shared with the link's subscription set, no allocation per message).
+    pub room: Arc<str>,
     pub kind: MessageKind,
     /// For `Text` this is valid UTF-8 (checked), so
     /// `tungstenite::Utf8Bytes::try_from(payload)` cannot fail.
@@ -657,7 +657,7 @@ struct Shared {
     node_id: u64,
     sharded: bool,
     prefix: String,
-    rooms: HashSet<Rc<str>>,
+    rooms: HashSet<Arc<str>>,
     stats: RedisStats,
     max_frame: usize,
 }
@@ -1027,7 +1027,7 @@ impl RedisLink {
         if self.sh.rooms.contains(room) {
             return false;
         }
-        self.sh.rooms.insert(Rc::from(room));
+        self.sh.rooms.insert(Arc::from(room));
         if let Some(c) = self.sub.as_mut() {
             self.sh.sub_cmd(&mut c.p, true, room);
             self.mark_dirty();
@@ -1504,7 +1504,7 @@ mod tests {
             node_id,
             sharded: false,
             prefix: CHANNEL_PREFIX.to_string(),
-            rooms: rooms.iter().map(|r| Rc::from(*r)).collect(),
+            rooms: rooms.iter().map(|r| Arc::from(*r)).collect(),
             stats: RedisStats::default(),
             max_frame: 1000 + FRAME_SLACK,
         }

@@ -64,6 +64,8 @@ pub struct Left {
     pub moved: Option<usize>,
     /// The room has no members now: a shared bus may stop listening.
     pub last_member: bool,
+    /// The room's name, when it has no members now.
+    pub emptied: Option<Box<str>>,
 }
 
 impl Rooms {
@@ -125,17 +127,20 @@ impl Rooms {
             return Left {
                 moved: None,
                 last_member: false,
+                emptied: None,
             };
         };
         if slot >= entry.members.len() {
             return Left {
                 moved: None,
                 last_member: false,
+                emptied: None,
             };
         }
         entry.members.swap_remove(slot);
         let moved = entry.members.get(slot).copied();
         let last_member = entry.members.is_empty();
+        let emptied = last_member.then(|| entry.name.clone());
         if last_member {
             self.occupied -= 1;
             entry.emptied_at = Some(now);
@@ -145,7 +150,11 @@ impl Rooms {
                 self.table.remove(room);
             }
         }
-        Left { moved, last_member }
+        Left {
+            moved,
+            last_member,
+            emptied,
+        }
     }
 
     /// Remembers an encoded frame for late joiners, within the message and byte bounds.

@@ -30,6 +30,7 @@ use crate::config::{
 use crate::connection::{CloseReason, Connection, Phase, ReadScratch, WsRead};
 use crate::http::{self, Head, HttpError, Method, Request, ResponseHead, Route, Status};
 use crate::outbound::{EncodedFrame, Offer, SHARE_THRESHOLD};
+use crate::redis::{Incoming, LinkState, MessageKind, RedisConfig, RedisLink};
 use crate::room::{HistoryLimits, Rooms};
 use crate::stats::{DropReason, Gauges, Refusal, Stats};
 use crate::systemd::{self, Notifier};
@@ -37,6 +38,8 @@ use crate::systemd::{self, Notifier};
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
+const REDIS_SUBSCRIBE: Token = Token(usize::MAX - 4);
+const REDIS_PUBLISH: Token = Token(usize::MAX - 5);
 /// Connection keys stay below this, clear of the special tokens above.
 const MAX_KEY: usize = usize::MAX - 16;
 
@@ -129,6 +132,10 @@ pub struct Server {
     next_stats: Option<Instant>,
     stats_at_last_line: Stats,
     next_history_expiry: Option<Instant>,
+    /// The link to the other wschat processes sharing rooms through Redis (`--redis`).
+    redis: Option<RedisLink>,
+    /// Messages from other nodes, delivered after the batch of events.
+    redis_incoming: Vec<Incoming>,
 }
 
 impl Server {
@@ -180,6 +187,22 @@ impl Server {
         } else {
             None
         };
+        let redis = match &config.redis {
+            Some(url) => {
+                let mut link_config = RedisConfig::new(url.clone(), crate::redis::random_node_id());
+                link_config.sharded = config.redis_sharded;
+                link_config.max_message_size = config.max_message_size;
+                info!(
+                    "joining the cluster through {url} (node id {:016x})",
+                    link_config.node_id
+                );
+                Some(
+                    RedisLink::new(link_config, poll.registry(), REDIS_SUBSCRIBE, REDIS_PUBLISH)
+                        .map_err(ServerError::Poll)?,
+                )
+            }
+            None => None,
+        };
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -211,6 +234,8 @@ impl Server {
             next_stats: config.stats_interval.map(|every| now + every),
             stats_at_last_line: Stats::default(),
             next_history_expiry: None,
+            redis,
+            redis_incoming: Vec::new(),
             notifier,
             config,
         })
@@ -264,6 +289,10 @@ impl Server {
         }
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
+            if let Some(redis) = self.redis.as_mut() {
+                // Every publish of the last pass leaves in one write.
+                redis.flush();
+            }
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -278,6 +307,11 @@ impl Server {
                     LISTENER => self.accept_all(),
                     WAKER => {}
                     SIGNALS => self.on_signals(),
+                    REDIS_SUBSCRIBE | REDIS_PUBLISH => {
+                        if let Some(redis) = self.redis.as_mut() {
+                            redis.on_event(event, &mut self.redis_incoming);
+                        }
+                    }
                     Token(key) => {
                         let readable =
                             event.is_readable() || event.is_read_closed() || event.is_error();
@@ -291,6 +325,7 @@ impl Server {
             }
             self.serve_owed_reads();
             self.fire_timers();
+            self.deliver_from_redis();
             self.enforce_total_budget();
             self.flush_dirty();
             self.reap_doomed();
@@ -325,6 +360,7 @@ impl Server {
             self.next_stats,
             self.drain_deadline,
             self.next_history_expiry,
+            self.redis.as_ref().and_then(|r| r.next_deadline()),
         ];
         let nearest = candidates.into_iter().flatten().min()?;
         let now = Instant::now();
@@ -587,14 +623,23 @@ impl Server {
         false
     }
 
-    /// `/healthz`: 200 while accepting, 503 while draining or at the connection cap.
+    /// `/healthz`: 200 while accepting, 503 while draining or at the connection cap. A Redis
+    /// link that is down keeps 200 (local rooms still work) but says so.
     fn health(&self) -> (Status, &'static str) {
+        let redis = self.redis.as_ref().map(|r| r.state());
         if self.drain_deadline.is_some() {
             (Status::ServiceUnavailable, "draining")
         } else if self.stats.websockets_open as usize >= self.max_connections {
             (Status::ServiceUnavailable, "at connection cap")
         } else {
-            (Status::Ok, "ok")
+            match redis {
+                None => (Status::Ok, "ok"),
+                Some(LinkState::Up) => (Status::Ok, "ok, redis up"),
+                Some(LinkState::Connecting) => (Status::Ok, "ok, redis connecting"),
+                Some(LinkState::Down { .. }) => {
+                    (Status::Ok, "ok, redis down (rooms are local only)")
+                }
+            }
         }
     }
 
@@ -696,6 +741,9 @@ impl Server {
         }
 
         let joined = self.rooms.join(&room, key);
+        if let (true, Some(redis)) = (joined.first_member, self.redis.as_mut()) {
+            redis.subscribe(&room);
+        }
         let Some(conn) = self.connections.get_mut(key) else {
             return false;
         };
@@ -789,15 +837,17 @@ impl Server {
         {
             ws.slot = slot;
         }
+        if let (Some(redis), Some(name)) = (self.redis.as_mut(), &left.emptied) {
+            redis.unsubscribe(name);
+        }
         if left.last_member && self.config.history > 0 {
             let due = self.now + self.config.history_ttl;
             self.next_history_expiry = Some(self.next_history_expiry.map_or(due, |d| d.min(due)));
         }
     }
 
-    /// Sends one client message to the other members of its room (and back, with `--echo`).
-    /// The frame is encoded once; each recipient gets a copy (small) or a shared reference
-    /// (large) in its queue, under its byte budget.
+    /// Sends one client message to the other members of its room (and back, with `--echo`),
+    /// and once to the other nodes of the cluster.
     fn relay(&mut self, sender: usize, message: Message) {
         self.stats.messages_received += 1;
         if !self.take_rate_token(sender) {
@@ -807,10 +857,40 @@ impl Server {
             return;
         };
         let room = ws.room;
-        let (opcode, payload) = match &message {
-            Message::Text(text) => (0x1, text.as_bytes()),
-            Message::Binary(data) => (0x2, &data[..]),
+        let (kind, payload) = match &message {
+            Message::Text(text) => (MessageKind::Text, text.as_bytes()),
+            Message::Binary(data) => (MessageKind::Binary, &data[..]),
             _ => return,
+        };
+        let except = if self.config.echo { None } else { Some(sender) };
+        self.fan_out(room, kind, payload, except);
+        if let (Some(redis), Some(entry)) = (self.redis.as_mut(), self.rooms.get(room)) {
+            redis.publish(&entry.name, kind, payload);
+        }
+    }
+
+    /// Delivers the messages other nodes published to rooms that have members here.
+    fn deliver_from_redis(&mut self) {
+        let Some(redis) = self.redis.as_mut() else {
+            return;
+        };
+        redis.on_timer(self.now);
+        let mut incoming = std::mem::take(&mut self.redis_incoming);
+        for message in incoming.drain(..) {
+            if let Some(room) = self.rooms.key_of(&message.room) {
+                self.fan_out(room, message.kind, &message.payload, None);
+            }
+        }
+        self.redis_incoming = incoming;
+    }
+
+    /// Queues one message to every member of a room but `except`. The frame is encoded once;
+    /// each recipient gets a copy (small) or a shared reference (large) in its queue, under
+    /// its byte budget.
+    fn fan_out(&mut self, room: usize, kind: MessageKind, payload: &[u8], except: Option<usize>) {
+        let opcode = match kind {
+            MessageKind::Text => 0x1,
+            MessageKind::Binary => 0x2,
         };
         let frame = encode_frame(opcode, payload);
         if self.config.history > 0 {
@@ -835,7 +915,7 @@ impl Server {
         let close = config.slow_client == SlowClientPolicy::Close;
         let mut slow = Vec::new();
         for &member in room_entry.members() {
-            if member == sender && !config.echo {
+            if Some(member) == except {
                 continue;
             }
             let Some(recipient) = connections.get_mut(member) else {
@@ -1246,9 +1326,78 @@ impl Server {
             max_connections: self.max_connections,
             uptime: self.now.saturating_duration_since(self.started),
             draining: self.drain_deadline.is_some(),
-            extra: String::new(),
+            extra: self.redis.as_ref().map(redis_metrics).unwrap_or_default(),
         }
     }
+}
+
+/// The Redis link's lines for `/metrics`.
+fn redis_metrics(link: &RedisLink) -> String {
+    use std::fmt::Write as _;
+    let stats = link.stats();
+    let mut out = String::new();
+    let up = matches!(link.state(), LinkState::Up) as u8;
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP wschat_redis_{name} {help}");
+        let _ = writeln!(out, "# TYPE wschat_redis_{name} {kind}");
+        let _ = writeln!(out, "wschat_redis_{name} {value}");
+    };
+    metric("up", "gauge", "1 while the Redis link is up.", up as u64);
+    metric(
+        "published_total",
+        "counter",
+        "Messages published to Redis and acknowledged.",
+        stats.published,
+    );
+    metric(
+        "publish_dropped_total",
+        "counter",
+        "Messages not published: link down, queue full or too large.",
+        stats.publish_dropped,
+    );
+    metric(
+        "publish_lost_total",
+        "counter",
+        "Messages in flight when the link failed.",
+        stats.publish_lost,
+    );
+    metric(
+        "received_total",
+        "counter",
+        "Messages received from other nodes.",
+        stats.received,
+    );
+    metric(
+        "received_own_total",
+        "counter",
+        "This node's own messages seen on a channel and skipped.",
+        stats.received_own_skipped,
+    );
+    metric(
+        "received_malformed_total",
+        "counter",
+        "Channel messages that were not wschat envelopes.",
+        stats.received_malformed,
+    );
+    metric(
+        "reconnects_total",
+        "counter",
+        "Times the link came back after being up.",
+        stats.reconnects,
+    );
+    metric(
+        "subscribed_rooms",
+        "gauge",
+        "Rooms this node is subscribed to.",
+        link.subscribed_rooms() as u64,
+    );
+    metric(
+        "queued_bytes",
+        "gauge",
+        "Publish bytes not yet written to Redis.",
+        link.queued_bytes() as u64,
+    );
+    out
 }
 
 /// Puts a connection on the dirty list once per pass.

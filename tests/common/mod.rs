@@ -66,7 +66,11 @@ impl TestServer {
     /// Shuts down and waits for the loop to return.
     pub fn stop(mut self) -> Result<(), ServerError> {
         self.handle.shutdown();
-        self.thread.take().expect("running").join().expect("server thread did not panic")
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("server thread did not panic")
     }
 
     /// A WebSocket client in `path`'s room, with read timeouts.
@@ -168,7 +172,9 @@ impl HttpReply {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().find_map(|line| {
             let (n, v) = line.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
 
@@ -190,7 +196,10 @@ pub fn read_reply(stream: &mut TcpStream) -> HttpReply {
         head,
         body: Vec::new(),
     };
-    match reply.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    match reply
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         Some(len) => {
             reply.body = vec![0; len];
             stream.read_exact(&mut reply.body).expect("whole body");
@@ -284,7 +293,10 @@ pub fn assert_silent(client: &mut Client, wait: Duration) {
     set_timeout(client, wait);
     match client.read() {
         Err(tungstenite::Error::Io(e))
-            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
         other => panic!("expected silence, got {other:?}"),
     }
     set_timeout(client, TIMEOUT);

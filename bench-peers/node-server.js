@@ -1,0 +1,47 @@
+// Node peer for benches/relay.rs: the classic tutorial relay, kept as it was except
+// where noted.
+//   node node-server.js --port P [--echo]      (or WSCHAT_PEER_ECHO=1)
+// Tutorial logic: one `ws` WebSocketServer; on message, send to every client
+// except the sender that is OPEN. Differences from the tutorial, for fairness:
+//  - `send(data, { binary: isBinary })`, so a text message stays text (the tutorial
+//    sends the raw Buffer, which always goes out as binary);
+//  - `--echo` delivers to every OPEN client, sender included (the echo scenario);
+//  - an HTTP server in front answers GET /healthz with 200 so the harness can tell
+//    when it is ready; express is not used.
+// All clients share one room, as in the tutorial: the URL path is ignored.
+"use strict";
+const http = require("http");
+const { WebSocketServer, WebSocket } = require("ws");
+
+const args = process.argv.slice(2);
+let port = 6969;
+let echo = process.env.WSCHAT_PEER_ECHO === "1";
+for (let i = 0; i < args.length; i++) {
+  if (args[i] === "--port") port = Number(args[++i]);
+  else if (args[i] === "--echo") echo = true;
+}
+
+const server = http.createServer((req, res) => {
+  if (req.url === "/healthz") {
+    res.writeHead(200, { "content-type": "text/plain" });
+    res.end("ok\n");
+  } else {
+    res.writeHead(404);
+    res.end();
+  }
+});
+const wss = new WebSocketServer({ server });
+
+wss.on("connection", (ws) => {
+  ws.on("error", console.error);
+  ws.on("message", (data, isBinary) => {
+    wss.clients.forEach((client) => {
+      if ((echo || client !== ws) && client.readyState === WebSocket.OPEN) {
+        client.send(data, { binary: isBinary });
+      }
+    });
+  });
+});
+
+server.listen(port, "127.0.0.1");
+process.on("SIGTERM", () => process.exit(0));

@@ -1,0 +1,879 @@
+//! Relay benchmark: wschat against peer servers (Node `ws`, Bun), scenario by
+//! scenario, runs interleaved (A B C A B C ...), a fresh server process per run.
+//!
+//!   cargo bench --bench relay                       all scenarios
+//!   cargo bench --bench relay -- fanout --runs 3 --servers wschat,bun,node
+//!   cargo bench --bench relay -- --smoke            small sizes, one run
+//!   cargo bench --bench relay -- --help
+//!
+//! The server runs on CPU 0, this generator on CPU 1; both CPU times are
+//! reported so a generator bottleneck shows. Only 127.0.0.0/8 is used.
+
+mod server;
+mod stats;
+mod ws;
+
+use server::{Kind, Options, ServerProc, Target};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use ws::Gen;
+
+const ROOM: &str = "bench";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Scenario {
+    Fanout,
+    FixedRate,
+    AllToAll,
+    IdleMemory,
+    ManyConns,
+    Large,
+    CrossNode,
+}
+
+const ALL: [Scenario; 7] = [
+    Scenario::Fanout,
+    Scenario::FixedRate,
+    Scenario::AllToAll,
+    Scenario::IdleMemory,
+    Scenario::ManyConns,
+    Scenario::Large,
+    Scenario::CrossNode,
+];
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Fanout => "fanout",
+            Scenario::FixedRate => "fixed-rate",
+            Scenario::AllToAll => "all-to-all",
+            Scenario::IdleMemory => "idle-memory",
+            Scenario::ManyConns => "many-conns",
+            Scenario::Large => "large",
+            Scenario::CrossNode => "cross-node",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Scenario> {
+        let s = s.replace('_', "-");
+        ALL.into_iter()
+            .find(|sc| sc.name() == s)
+            .or(match s.as_str() {
+                "fan-out" => Some(Scenario::Fanout),
+                "rate" => Some(Scenario::FixedRate),
+                "alltoall" | "echo" => Some(Scenario::AllToAll),
+                "idle" | "memory" => Some(Scenario::IdleMemory),
+                "many" | "conns" => Some(Scenario::ManyConns),
+                "large-messages" => Some(Scenario::Large),
+                "cross" | "redis" => Some(Scenario::CrossNode),
+                _ => None,
+            })
+    }
+}
+
+struct Cfg {
+    scenarios: Vec<Scenario>,
+    runs: Option<usize>,
+    servers: Vec<Kind>,
+    warmup: Duration,
+    duration: Duration,
+    subs: usize,
+    pubs: usize,
+    size: usize,
+    window: u64,
+    rate: f64,
+    clients: usize,
+    idle_conns: usize,
+    many_conns: usize,
+    hold: Duration,
+    large_subs: usize,
+    large_size: usize,
+    log_dir: PathBuf,
+}
+
+const USAGE: &str = "\
+usage: cargo bench --bench relay -- [SCENARIO ...] [OPTIONS]
+
+scenarios (default: all): fanout fixed-rate all-to-all idle-memory many-conns large cross-node
+
+options:
+  --runs N            runs per server and scenario (default 5; many-conns 1)
+  --servers LIST      comma-separated from wschat,node,bun (default all three)
+  --smoke             small sizes for a quick check (50 subscribers, 1 s, 1 run, ...)
+  --duration S        measured seconds per run (default 5)
+  --warmup S          warm-up seconds before measuring (default 1)
+  --subs N            fanout/fixed-rate subscribers (default 1000)
+  --pubs N            fanout/fixed-rate publishers (default 10)
+  --size BYTES        fanout/fixed-rate message size (default 64, min 40)
+  --window W          fanout messages in flight per publisher (default 32)
+  --rate R            fixed-rate messages/s per publisher (default 100)
+  --clients N         all-to-all clients (default 100)
+  --idle-conns N      idle-memory connections (default 10000)
+  --many-conns N      many-conns connections (default 19900, capped by the fd limit)
+  --hold S            many-conns hold time (default 60)
+  --large-subs N      large: subscribers (default 100)
+  --large-size BYTES  large: message size (default 65536)
+";
+
+fn parse_args() -> Result<Cfg, String> {
+    let mut cfg = Cfg {
+        scenarios: Vec::new(),
+        runs: None,
+        servers: vec![Kind::Wschat, Kind::Node, Kind::Bun],
+        warmup: Duration::from_secs(1),
+        duration: Duration::from_secs(5),
+        subs: 1000,
+        pubs: 10,
+        size: 64,
+        window: 32,
+        rate: 100.0,
+        clients: 100,
+        idle_conns: 10_000,
+        many_conns: 19_900,
+        hold: Duration::from_secs(60),
+        large_subs: 100,
+        large_size: 64 * 1024,
+        log_dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join("relay-logs"),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Apply --smoke first so that explicit options override it.
+    if args.iter().any(|a| a == "--smoke") {
+        cfg.runs = Some(1);
+        cfg.warmup = Duration::from_millis(300);
+        cfg.duration = Duration::from_secs(1);
+        cfg.subs = 50;
+        cfg.pubs = 5;
+        cfg.clients = 20;
+        cfg.idle_conns = 500;
+        cfg.many_conns = 1000;
+        cfg.hold = Duration::from_secs(2);
+        cfg.large_subs = 10;
+    }
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| -> Result<String, String> {
+            it.next().cloned().ok_or(format!("{name} needs a value"))
+        };
+        let num = |s: String| s.parse::<f64>().map_err(|e| format!("{s}: {e}"));
+        let int = |s: String| s.parse::<usize>().map_err(|e| format!("{s}: {e}"));
+        let secs = |s: String| num(s).map(Duration::from_secs_f64);
+        match a.as_str() {
+            "--bench" | "--smoke" => {} // cargo bench passes --bench
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--runs" => cfg.runs = Some(int(val(a)?)?.max(1)),
+            "--servers" => {
+                cfg.servers = val(a)?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Kind::parse(s).ok_or(format!("unknown server {s}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--duration" => cfg.duration = secs(val(a)?)?,
+            "--warmup" => cfg.warmup = secs(val(a)?)?,
+            "--subs" => cfg.subs = int(val(a)?)?.max(1),
+            "--pubs" => cfg.pubs = int(val(a)?)?.max(1),
+            "--size" => cfg.size = int(val(a)?)?.max(ws::HDR),
+            "--window" => cfg.window = int(val(a)?)?.max(1) as u64,
+            "--rate" => cfg.rate = num(val(a)?)?.max(0.1),
+            "--clients" => cfg.clients = int(val(a)?)?.max(2),
+            "--idle-conns" => cfg.idle_conns = int(val(a)?)?.max(1),
+            "--many-conns" => cfg.many_conns = int(val(a)?)?.max(2),
+            "--hold" => cfg.hold = secs(val(a)?)?,
+            "--large-subs" => cfg.large_subs = int(val(a)?)?.max(1),
+            "--large-size" => cfg.large_size = int(val(a)?)?.max(ws::HDR),
+            s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}")),
+            s => cfg
+                .scenarios
+                .push(Scenario::parse(s).ok_or(format!("unknown scenario {s}\n{USAGE}"))?),
+        }
+    }
+    if cfg.scenarios.is_empty() {
+        cfg.scenarios = ALL.to_vec();
+    }
+    Ok(cfg)
+}
+
+pub fn cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    n.max(1) as usize
+}
+
+/// Pins this (single-threaded) generator to CPU 1; servers go to CPU 0.
+fn pin_self() -> String {
+    if cpus() < 2 {
+        return "not pinned: fewer than 2 CPUs".into();
+    }
+    // SAFETY: a zeroed cpu_set_t is an empty set; the call reads it only.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        "server on CPU 0, generator on CPU 1".into()
+    } else {
+        format!("not pinned: {}", std::io::Error::last_os_error())
+    }
+}
+
+/// One measured quantity of one run.
+struct M {
+    name: &'static str,
+    v: f64,
+}
+
+fn m(name: &'static str, v: f64) -> M {
+    M { name, v }
+}
+
+type RunResult = Result<Vec<M>, String>;
+
+fn main() {
+    let cfg = match parse_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("relay bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let _ = std::fs::create_dir_all(&cfg.log_dir);
+    ws::now_ns_global();
+    println!("relay bench: {}", pin_self());
+    println!(
+        "open-file limit {}; server logs in {}",
+        stats::nofile_limit(),
+        cfg.log_dir.display()
+    );
+    let mut servers = Vec::new();
+    for &k in &cfg.servers {
+        match server::check_available(k) {
+            Ok(()) => servers.push(k),
+            Err(e) => println!("{e}; going on without it"),
+        }
+    }
+    for &sc in &cfg.scenarios {
+        if sc == Scenario::CrossNode {
+            cross_node(&cfg);
+            continue;
+        }
+        let runs = cfg
+            .runs
+            .unwrap_or(if sc == Scenario::ManyConns { 1 } else { 5 });
+        println!("\n== {} == {}", sc.name(), describe(sc, &cfg));
+        let mut results: Vec<(String, Vec<Vec<M>>, usize)> = servers
+            .iter()
+            .map(|k| (k.name().to_string(), Vec::new(), 0))
+            .collect();
+        for run in 0..runs {
+            for (si, &kind) in servers.iter().enumerate() {
+                let tag = format!("{}-{run}", sc.name());
+                let res = run_one(sc, kind, &cfg, &tag);
+                record(&mut results[si], kind.name(), run, res);
+            }
+        }
+        report(&results);
+    }
+}
+
+fn record(slot: &mut (String, Vec<Vec<M>>, usize), name: &str, run: usize, res: RunResult) {
+    match res {
+        Ok(ms) => {
+            let line: Vec<String> = ms
+                .iter()
+                .take(4)
+                .map(|x| format!("{} {}", x.name, fmt(x.v)))
+                .collect();
+            eprintln!("  run {run} {name}: {}", line.join(", "));
+            slot.1.push(ms);
+        }
+        Err(e) => {
+            println!("  run {run} {name}: FAILED: {e}");
+            slot.2 += 1;
+        }
+    }
+}
+
+fn describe(sc: Scenario, c: &Cfg) -> String {
+    let d = c.duration.as_secs_f64();
+    match sc {
+        Scenario::Fanout => format!(
+            "{} subscribers + {} publishers, one room, {} B text, window {} per publisher, {d} s",
+            c.subs, c.pubs, c.size, c.window
+        ),
+        Scenario::FixedRate => format!(
+            "{} subscribers + {} publishers at {} msg/s each ({:.0} deliveries/s offered to subscribers), {d} s",
+            c.subs,
+            c.pubs,
+            c.rate,
+            c.rate * (c.pubs * c.subs) as f64
+        ),
+        Scenario::AllToAll => format!(
+            "{} clients, echo on; every client sends 1 and waits for all {}; {d} s",
+            c.clients, c.clients
+        ),
+        Scenario::IdleMemory => format!("{} idle connections", c.idle_conns),
+        Scenario::ManyConns => format!(
+            "up to {} connections held {} s, then one message to all",
+            many_target(c),
+            c.hold.as_secs_f64()
+        ),
+        Scenario::Large => format!(
+            "1 publisher, {} subscribers, {} B messages, window 4, {d} s",
+            c.large_subs, c.large_size
+        ),
+        Scenario::CrossNode => String::new(),
+    }
+}
+
+fn many_target(c: &Cfg) -> usize {
+    c.many_conns
+        .min(stats::nofile_limit().saturating_sub(100) as usize)
+}
+
+fn run_one(sc: Scenario, kind: Kind, cfg: &Cfg, tag: &str) -> RunResult {
+    let opts = Options {
+        echo: sc == Scenario::AllToAll,
+        max_connections: match sc {
+            Scenario::IdleMemory => Some(cfg.idle_conns + 100),
+            Scenario::ManyConns => Some(many_target(cfg) + 50),
+            _ => None,
+        },
+        extra: Vec::new(),
+    };
+    let mut t = Target::single(ServerProc::start(kind, &opts, &cfg.log_dir, tag)?);
+    match sc {
+        Scenario::Fanout => fanout(&mut t, &FanParams::fanout(cfg)),
+        Scenario::FixedRate => fanout(&mut t, &FanParams::fixed_rate(cfg)),
+        Scenario::Large => fanout(&mut t, &FanParams::large(cfg)),
+        Scenario::AllToAll => all_to_all(&mut t, cfg),
+        Scenario::IdleMemory => idle_memory(&mut t, cfg),
+        Scenario::ManyConns => many_conns(&mut t, cfg),
+        Scenario::CrossNode => unreachable!("handled in main"),
+    }
+}
+
+struct FanParams {
+    subs: usize,
+    pubs: usize,
+    size: usize,
+    /// Window mode: at most `window` messages of a publisher not yet received by
+    /// the probe subscriber (the last to join). Rate mode when None.
+    window: u64,
+    rate: Option<f64>,
+    warmup: Duration,
+    duration: Duration,
+    large: bool,
+}
+
+impl FanParams {
+    fn fanout(c: &Cfg) -> Self {
+        FanParams {
+            subs: c.subs,
+            pubs: c.pubs,
+            size: c.size,
+            window: c.window,
+            rate: None,
+            warmup: c.warmup,
+            duration: c.duration,
+            large: false,
+        }
+    }
+    fn fixed_rate(c: &Cfg) -> Self {
+        FanParams {
+            rate: Some(c.rate),
+            ..Self::fanout(c)
+        }
+    }
+    fn large(c: &Cfg) -> Self {
+        FanParams {
+            subs: c.large_subs,
+            pubs: 1,
+            size: c.large_size,
+            window: 4,
+            large: true,
+            ..Self::fanout(c)
+        }
+    }
+}
+
+/// CPU and delivery counters at one instant.
+struct Snap {
+    at: Instant,
+    delivered: u64,
+    bytes: u64,
+    sent: u64,
+    srv_cpu: Duration,
+    gen_cpu: Duration,
+}
+
+fn snap(g: &Gen, t: &Target, sent: u64) -> Snap {
+    Snap {
+        at: Instant::now(),
+        delivered: g.c.delivered,
+        bytes: g.c.delivered_bytes,
+        sent,
+        srv_cpu: t.cpu(),
+        gen_cpu: stats::self_cpu(),
+    }
+}
+
+/// Metrics common to the throughput scenarios, from two snapshots.
+fn window_metrics(g: &Gen, a: &Snap, b: &Snap, out: &mut Vec<M>) {
+    let secs = (b.at - a.at).as_secs_f64();
+    let delivered = (b.delivered - a.delivered).max(1) as f64;
+    let q = |p| g.c.hist.quantile(p) as f64 / 1000.0;
+    out.push(m("latency p50 µs", q(0.5)));
+    out.push(m("latency p99 µs", q(0.99)));
+    out.push(m("latency p99.9 µs", q(0.999)));
+    let srv = (b.srv_cpu - a.srv_cpu).as_secs_f64();
+    let gen_cpu = (b.gen_cpu - a.gen_cpu).as_secs_f64();
+    out.push(m("server CPU ns/delivery", srv * 1e9 / delivered));
+    out.push(m("server CPU %", 100.0 * srv / secs));
+    out.push(m("generator CPU %", 100.0 * gen_cpu / secs));
+}
+
+fn connect_all(
+    g: &mut Gen,
+    addr: std::net::SocketAddrV4,
+    n: usize,
+    secs: u64,
+) -> Result<std::ops::Range<usize>, String> {
+    let want = g.c.opened + n;
+    let r = g.connect_many(addr, ROOM, n, Instant::now() + Duration::from_secs(secs));
+    if g.c.opened != want {
+        return Err(format!(
+            "{} of {n} connections opened ({} failed, {} lost): {}",
+            n - (want - g.c.opened),
+            g.c.failed,
+            g.c.lost,
+            g.c.last_error
+        ));
+    }
+    Ok(r)
+}
+
+fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
+    let rbuf = (2 * (p.size + 14)).max(64 * 1024);
+    let mut g = Gen::new(p.pubs, rbuf, p.size).map_err(|e| e.to_string())?;
+    let subs = connect_all(&mut g, t.sub_addr, p.subs, 60)?;
+    let pubs = connect_all(&mut g, t.pub_addr, p.pubs, 60)?;
+    for (k, i) in pubs.clone().enumerate() {
+        g.conns[i].pub_id = Some(k as u32);
+    }
+    let probe = subs.end - 1;
+    // Let every join land before the first message (for cross-node, the bus).
+    g.run_until(Instant::now() + Duration::from_millis(300), |_| false);
+    let receivers = (p.subs + p.pubs - 1) as u64;
+
+    let start = Instant::now();
+    let measure_from = start + p.warmup;
+    let end = measure_from + p.duration;
+    let interval = p.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut due: Vec<Instant> = (0..p.pubs)
+        .map(|k| start + interval.unwrap_or_default() * k as u32 / p.pubs as u32)
+        .collect();
+    let total_sent = |g: &Gen| pubs.clone().map(|i| g.conns[i].sent).sum::<u64>();
+    let mut s0: Option<Snap> = None;
+    let mut last_progress = (Instant::now(), 0u64);
+    let mut iter = 0u32;
+    loop {
+        let now = Instant::now();
+        if s0.is_none() && now >= measure_from {
+            g.c.record_from = g.now_ns();
+            s0 = Some(snap(&g, t, total_sent(&g)));
+        }
+        if now >= end {
+            break;
+        }
+        let mut timeout = Duration::from_millis(10);
+        match interval {
+            None => {
+                for k in 0..p.pubs {
+                    let i = pubs.start + k;
+                    while g.conns[i].sent - g.conns[probe].next_seq[k] < p.window {
+                        if !g.send(i, p.size) {
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(iv) => {
+                for (k, d) in due.iter_mut().enumerate() {
+                    while *d <= now {
+                        g.send(pubs.start + k, p.size);
+                        *d += iv;
+                    }
+                    timeout = timeout.min(d.saturating_duration_since(now));
+                }
+            }
+        }
+        g.flush();
+        g.poll_once(Some(timeout));
+        iter = iter.wrapping_add(1);
+        if iter.is_multiple_of(64) {
+            t.check_alive()?;
+            if g.c.delivered != last_progress.1 {
+                last_progress = (now, g.c.delivered);
+            } else if now - last_progress.0 > Duration::from_secs(3) {
+                return Err(format!(
+                    "stalled: nothing delivered for 3 s ({} connections lost: {})",
+                    g.c.lost, g.c.last_error
+                ));
+            }
+        }
+    }
+    let s0 = s0.ok_or("no measurement window")?;
+    let s1 = snap(&g, t, total_sent(&g));
+    g.c.record_until = g.now_ns();
+    // Drain: wait for what is still in flight, then count what never came.
+    g.run_until(Instant::now() + Duration::from_secs(5), |g| {
+        g.tail_missing(false) == 0
+    });
+    let secs = (s1.at - s0.at).as_secs_f64();
+    let mut out = Vec::new();
+    if p.large {
+        out.push(m(
+            "delivered MB/s",
+            (s1.bytes - s0.bytes) as f64 / secs / 1e6,
+        ));
+    }
+    out.push(m(
+        "delivered msg/s",
+        (s1.delivered - s0.delivered) as f64 / secs,
+    ));
+    if p.rate.is_some() {
+        let offered = (s1.sent - s0.sent) * receivers;
+        out.push(m(
+            "delivery ratio",
+            g.c.hist.count() as f64 / offered.max(1) as f64,
+        ));
+    }
+    window_metrics(&g, &s0, &s1, &mut out);
+    out.push(m(
+        "lost messages",
+        (g.c.gaps + g.tail_missing(false)) as f64,
+    ));
+    out.push(m("duplicates", g.c.dups as f64));
+    out.push(m("malformed messages", g.c.bad as f64));
+    out.push(m("lost connections", g.c.lost as f64));
+    g.close_all();
+    Ok(out)
+}
+
+fn all_to_all(t: &mut Target, cfg: &Cfg) -> RunResult {
+    let n = cfg.clients;
+    let mut g = Gen::new(n, 64 * 1024, cfg.size).map_err(|e| e.to_string())?;
+    let all = connect_all(&mut g, t.pub_addr, n, 60)?;
+    for (k, i) in all.clone().enumerate() {
+        g.conns[i].pub_id = Some(k as u32);
+    }
+    g.run_until(Instant::now() + Duration::from_millis(300), |_| false);
+    let start = Instant::now();
+    let measure_from = start + cfg.warmup;
+    let end = measure_from + cfg.duration;
+    let total_sent = |g: &Gen| all.clone().map(|i| g.conns[i].sent).sum::<u64>();
+    let mut s0: Option<Snap> = None;
+    let mut last_progress = (Instant::now(), 0u64);
+    let mut iter = 0u32;
+    loop {
+        let now = Instant::now();
+        if s0.is_none() && now >= measure_from {
+            g.c.record_from = g.now_ns();
+            s0 = Some(snap(&g, t, total_sent(&g)));
+        }
+        if now >= end {
+            break;
+        }
+        for i in all.clone() {
+            // Everyone receives its own message too (echo): n per iteration.
+            if g.conns[i].received >= n as u64 * g.conns[i].sent {
+                g.send(i, cfg.size);
+            }
+        }
+        g.flush();
+        g.poll_once(Some(Duration::from_millis(10)));
+        iter = iter.wrapping_add(1);
+        if iter.is_multiple_of(64) {
+            t.check_alive()?;
+            if g.c.delivered != last_progress.1 {
+                last_progress = (now, g.c.delivered);
+            } else if now - last_progress.0 > Duration::from_secs(3) {
+                return Err(format!(
+                    "stalled: nothing delivered for 3 s (does it echo? {} connections lost: {})",
+                    g.c.lost, g.c.last_error
+                ));
+            }
+        }
+    }
+    let s0 = s0.ok_or("no measurement window")?;
+    let s1 = snap(&g, t, total_sent(&g));
+    g.c.record_until = g.now_ns();
+    g.run_until(Instant::now() + Duration::from_secs(5), |g| {
+        g.tail_missing(true) == 0
+    });
+    let secs = (s1.at - s0.at).as_secs_f64();
+    let mut out = vec![
+        m("iterations/s", (s1.sent - s0.sent) as f64 / n as f64 / secs),
+        m(
+            "delivered msg/s",
+            (s1.delivered - s0.delivered) as f64 / secs,
+        ),
+    ];
+    window_metrics(&g, &s0, &s1, &mut out);
+    out.push(m("lost messages", (g.c.gaps + g.tail_missing(true)) as f64));
+    out.push(m("duplicates", g.c.dups as f64));
+    out.push(m("malformed messages", g.c.bad as f64));
+    out.push(m("lost connections", g.c.lost as f64));
+    g.close_all();
+    Ok(out)
+}
+
+fn idle_memory(t: &mut Target, cfg: &Cfg) -> RunResult {
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = t.rss_kb();
+    let mut g = Gen::new(1, 4096, 64).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    connect_all(&mut g, t.pub_addr, cfg.idle_conns, 120)?;
+    let connect_s = started.elapsed().as_secs_f64();
+    g.run_until(Instant::now() + Duration::from_secs(1), |_| false);
+    t.check_alive()?;
+    let held = g.open_count();
+    let rss = t.rss_kb();
+    let out = vec![
+        m(
+            "KB per connection",
+            (rss as f64 - idle as f64) / held.max(1) as f64,
+        ),
+        m("RSS idle KB", idle as f64),
+        m("RSS with connections KB", rss as f64),
+        m("held connections", held as f64),
+        m("connect time s", connect_s),
+    ];
+    g.close_all();
+    Ok(out)
+}
+
+fn many_conns(t: &mut Target, cfg: &Cfg) -> RunResult {
+    let n = many_target(cfg);
+    let mut g = Gen::new(1, 4096, 64).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    g.connect_many(
+        t.pub_addr,
+        ROOM,
+        n,
+        Instant::now() + Duration::from_secs(180),
+    );
+    let connect_s = started.elapsed().as_secs_f64();
+    let opened = g.c.opened;
+    let failed = g.c.failed;
+    let hold_end = Instant::now() + cfg.hold;
+    while Instant::now() < hold_end {
+        g.run_until(
+            hold_end.min(Instant::now() + Duration::from_secs(1)),
+            |_| false,
+        );
+        t.check_alive()?;
+    }
+    let held = g.open_count();
+    let rss = t.rss_kb();
+    let sender = (0..g.conns.len())
+        .find(|&i| g.conns[i].phase == ws::Phase::Open)
+        .ok_or(format!("no connection open: {}", g.c.last_error))?;
+    g.conns[sender].pub_id = Some(0);
+    let expected = held as u64 - 1;
+    g.send(sender, 64);
+    g.flush();
+    g.run_until(Instant::now() + Duration::from_secs(20), |g| {
+        g.c.delivered >= expected
+    });
+    let out = vec![
+        m("held connections", held as f64),
+        m("lost during hold", (opened - held) as f64),
+        m("delivered", g.c.delivered as f64),
+        m(
+            "not delivered",
+            expected.saturating_sub(g.c.delivered) as f64,
+        ),
+        m("failed to connect", failed as f64),
+        m("connect time s", connect_s),
+        m("server RSS KB", rss as f64),
+    ];
+    g.close_all();
+    Ok(out)
+}
+
+/// Publishers on node A, subscribers on node B, one redis-server between them;
+/// next to the same fan-out on one node. Skipped without redis-server or a
+/// wschat that accepts --redis.
+fn cross_node(cfg: &Cfg) {
+    println!("\n== cross-node ==");
+    let Some(redis) = server::on_path("redis-server") else {
+        println!("skipped: needs --redis support and redis-server (redis-server not on PATH)");
+        return;
+    };
+    if !server::wschat_supports("--redis") {
+        println!(
+            "skipped: needs --redis support and redis-server (wschat --help lists no --redis)"
+        );
+        return;
+    }
+    if !cfg.servers.contains(&Kind::Wschat) {
+        println!("skipped: wschat not among --servers");
+        return;
+    }
+    println!(
+        "{}; server CPU summed over both nodes and redis",
+        describe(Scenario::Fanout, cfg)
+    );
+    let runs = cfg.runs.unwrap_or(5);
+    let mut results: Vec<(String, Vec<Vec<M>>, usize)> = vec![
+        ("wschat (1 node)".into(), Vec::new(), 0),
+        ("wschat (2 nodes)".into(), Vec::new(), 0),
+    ];
+    for run in 0..runs {
+        let one = (|| {
+            let opts = Options {
+                echo: false,
+                max_connections: None,
+                extra: Vec::new(),
+            };
+            let mut t = Target::single(ServerProc::start(
+                Kind::Wschat,
+                &opts,
+                &cfg.log_dir,
+                &format!("cross1-{run}"),
+            )?);
+            fanout(&mut t, &FanParams::fanout(cfg))
+        })();
+        record(&mut results[0], "wschat (1 node)", run, one);
+        let two = (|| {
+            let port = server::free_port().map_err(|e| e.to_string())?;
+            let mut cmd = std::process::Command::new(&redis);
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]);
+            let r = ServerProc::spawn(
+                cmd,
+                "redis",
+                port,
+                &cfg.log_dir,
+                &format!("cross-{run}"),
+                false,
+            )?;
+            let url = format!("redis://127.0.0.1:{port}");
+            let opts = Options {
+                echo: false,
+                max_connections: None,
+                extra: vec!["--redis".into(), url],
+            };
+            let a = ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &format!("crossA-{run}"))?;
+            let b = ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &format!("crossB-{run}"))?;
+            let mut t = Target {
+                pub_addr: a.addr,
+                sub_addr: b.addr,
+                procs: vec![r, a, b],
+            };
+            fanout(&mut t, &FanParams::fanout(cfg))
+        })();
+        record(&mut results[1], "wschat (2 nodes)", run, two);
+    }
+    report(&results);
+}
+
+fn fmt(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// One table per metric: server, median, spread (min – max), ratio of medians
+/// against the first server (wschat).
+fn report(results: &[(String, Vec<Vec<M>>, usize)]) {
+    let Some(first) = results.iter().find(|r| !r.1.is_empty()) else {
+        println!("  no successful runs");
+        return;
+    };
+    let names: Vec<&'static str> = first.1[0].iter().map(|x| x.name).collect();
+    let w = results.iter().map(|r| r.0.len()).max().unwrap_or(6).max(6);
+    println!(
+        "  {:<26} {:<w$} {:>12} {:>25} {:>10} {:>5}",
+        "metric",
+        "server",
+        "median",
+        "spread (min – max)",
+        format!("÷ {}", results[0].0),
+        "runs"
+    );
+    for name in names {
+        let vals = |r: &(String, Vec<Vec<M>>, usize)| -> Vec<f64> {
+            r.1.iter()
+                .filter_map(|run| run.iter().find(|x| x.name == name).map(|x| x.v))
+                .collect()
+        };
+        let base = stats::summarize(&vals(&results[0])).map(|s| s.median);
+        for (i, r) in results.iter().enumerate() {
+            let label = if i == 0 { name } else { "" };
+            match stats::summarize(&vals(r)) {
+                Some(s) => {
+                    let ratio = match base {
+                        Some(b) if b != 0.0 => format!("{:.2}", s.median / b),
+                        _ => "-".into(),
+                    };
+                    let failed = if r.2 > 0 {
+                        format!(" ({} failed)", r.2)
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "  {label:<26} {:<w$} {:>12} {:>25} {ratio:>10} {:>5}{failed}",
+                        r.0,
+                        fmt(s.median),
+                        format!("{} – {}", fmt(s.min), fmt(s.max)),
+                        s.n
+                    );
+                }
+                None => println!(
+                    "  {label:<26} {:<w$} {:>12} {:>25} {:>10} {:>5}",
+                    r.0, "-", "all runs failed", "-", 0
+                ),
+            }
+        }
+    }
+    for r in results {
+        let gen_pct = stats::summarize(
+            &r.1.iter()
+                .filter_map(|run| {
+                    run.iter()
+                        .find(|x| x.name == "generator CPU %")
+                        .map(|x| x.v)
+                })
+                .collect::<Vec<_>>(),
+        );
+        if let Some(s) = gen_pct
+            && s.median > 85.0
+        {
+            println!(
+                "  note: generator CPU {:.0}% against {}: the generator may be the bottleneck",
+                s.median, r.0
+            );
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Starting, watching and stopping the servers under test.
+//!
+//! Every server is a fresh child process pinned to CPU 0 (the generator pins
+//! itself to CPU 1), with PR_SET_PDEATHSIG so it dies with the harness, and a
+//! guard whose Drop stops it (SIGTERM, then SIGKILL) also when a run panics.
+
+use crate::stats;
+use std::io::{Read, Write};
+use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Wschat,
+    Node,
+    Bun,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "wschat" => Some(Kind::Wschat),
+            "node" => Some(Kind::Node),
+            "bun" => Some(Kind::Bun),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Wschat => "wschat",
+            Kind::Node => "node",
+            Kind::Bun => "bun",
+        }
+    }
+}
+
+pub fn wschat_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_wschat")
+}
+
+pub fn peers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-peers")
+}
+
+fn bun_bin() -> PathBuf {
+    // The real executable, not a wrapper, so /proc/PID is the server itself.
+    peers_dir().join("node_modules/bun/bin/bun.exe")
+}
+
+/// Err explains why a server cannot run here (a peer not installed).
+pub fn check_available(kind: Kind) -> Result<(), String> {
+    let hint = "(run bench-peers/install.sh)";
+    match kind {
+        Kind::Wschat => Ok(()),
+        Kind::Node => {
+            let ok = Command::new("node")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(format!("peer node: node is not on PATH {hint}"));
+            }
+            if !peers_dir().join("node_modules/ws/package.json").exists() {
+                return Err(format!("peer node: not installed {hint}"));
+            }
+            Ok(())
+        }
+        Kind::Bun => {
+            let ok = Command::new(bun_bin())
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("peer bun: not installed {hint}"))
+            }
+        }
+    }
+}
+
+/// Whether the wschat binary lists `flag` in its --help.
+pub fn wschat_supports(flag: &str) -> bool {
+    Command::new(wschat_bin())
+        .arg("--help")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).contains(flag)
+                || String::from_utf8_lossy(&o.stderr).contains(flag)
+        })
+        .unwrap_or(false)
+}
+
+pub fn on_path(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(prog))
+            .find(|p| p.is_file())
+    })
+}
+
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub struct Options {
+    pub echo: bool,
+    pub max_connections: Option<usize>,
+    pub extra: Vec<String>,
+}
+
+/// A running server process; stopped on drop.
+pub struct ServerProc {
+    child: Child,
+    pub pid: u32,
+    pub addr: SocketAddrV4,
+    pub name: String,
+    log: PathBuf,
+}
+
+impl ServerProc {
+    pub fn start(kind: Kind, opts: &Options, log_dir: &Path, tag: &str) -> Result<Self, String> {
+        let port = free_port().map_err(|e| format!("free port: {e}"))?;
+        let mut cmd = match kind {
+            Kind::Wschat => {
+                let mut c = Command::new(wschat_bin());
+                c.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
+                c.args(["--log-level", "warn"]);
+                if opts.echo {
+                    c.arg("--echo");
+                }
+                if let Some(n) = opts.max_connections {
+                    c.args(["--max-connections", &n.to_string()]);
+                }
+                c
+            }
+            Kind::Node => {
+                let mut c = Command::new("node");
+                c.arg(peers_dir().join("node-server.js"));
+                c.args(["--port", &port.to_string()]);
+                if opts.echo {
+                    c.arg("--echo");
+                }
+                c
+            }
+            Kind::Bun => {
+                let mut c = Command::new(bun_bin());
+                c.arg(peers_dir().join("bun-server.js"));
+                c.args(["--port", &port.to_string()]);
+                if opts.echo {
+                    c.arg("--echo");
+                }
+                c
+            }
+        };
+        cmd.args(&opts.extra);
+        Self::spawn(cmd, kind.name(), port, log_dir, tag, true)
+    }
+
+    /// Spawns `cmd` pinned to CPU 0, logging to `log_dir/<name>-<tag>.log`; waits
+    /// for GET /healthz = 200 when `health`, else for the port to accept.
+    pub fn spawn(
+        mut cmd: Command,
+        name: &str,
+        port: u16,
+        log_dir: &Path,
+        tag: &str,
+        health: bool,
+    ) -> Result<Self, String> {
+        let log = log_dir.join(format!("{name}-{tag}.log"));
+        let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let file2 = file.try_clone().map_err(|e| e.to_string())?;
+        cmd.stdin(Stdio::null()).stdout(file).stderr(file2);
+        let pin = crate::cpus() >= 2;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if pin {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(0, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("{name}: spawn {:?}: {e}", cmd.get_program()))?;
+        let mut s = ServerProc {
+            pid: child.id(),
+            child,
+            addr: SocketAddrV4::new([127, 0, 0, 1].into(), port),
+            name: name.to_string(),
+            log,
+        };
+        s.wait_ready(health, Instant::now() + Duration::from_secs(15))?;
+        Ok(s)
+    }
+
+    fn wait_ready(&mut self, health: bool, deadline: Instant) -> Result<(), String> {
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err(format!(
+                    "{} exited early ({st}); {}",
+                    self.name,
+                    self.log_tail()
+                ));
+            }
+            if probe(self.addr, health) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} not ready after 15 s; {}",
+                    self.name,
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = s.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("log {}: {}", self.log.display(), tail.join(" | "))
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn cpu(&self) -> Duration {
+        stats::proc_cpu(self.pid).unwrap_or_default()
+    }
+
+    pub fn rss_kb(&self) -> u64 {
+        stats::proc_rss_kb(self.pid).unwrap_or(0)
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn probe(addr: SocketAddrV4, health: bool) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr.into(), Duration::from_millis(500)) else {
+        return false;
+    };
+    if !health {
+        return true;
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let req = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    buf[..n].starts_with(b"HTTP/1.1 200")
+}
+
+/// The servers of one run: CPU and memory are summed over them (cross-node runs
+/// have several processes).
+pub struct Target {
+    pub procs: Vec<ServerProc>,
+    pub pub_addr: SocketAddrV4,
+    pub sub_addr: SocketAddrV4,
+}
+
+impl Target {
+    pub fn single(p: ServerProc) -> Target {
+        Target {
+            pub_addr: p.addr,
+            sub_addr: p.addr,
+            procs: vec![p],
+        }
+    }
+
+    pub fn cpu(&self) -> Duration {
+        self.procs.iter().map(|p| p.cpu()).sum()
+    }
+
+    pub fn rss_kb(&self) -> u64 {
+        self.procs.iter().map(|p| p.rss_kb()).sum()
+    }
+
+    /// Err when a server process has exited.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        for p in &mut self.procs {
+            if !p.alive() {
+                return Err(format!("{} died; {}", p.name, p.log_tail()));
+            }
+        }
+        Ok(())
+    }
+}

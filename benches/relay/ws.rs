@@ -1,0 +1,643 @@
+//! The load generator: many non-blocking WebSocket client connections on one
+//! thread and one `mio::Poll`.
+//!
+//! - Frames are parsed in place from a fixed per-connection read buffer; a partial
+//!   frame is moved to the front, nothing is allocated per message.
+//! - Client frames are masked (RFC 6455 §5.3) with one fixed key, so the masked
+//!   padding of every message is computed once and copied.
+//! - A message is text: 40 ASCII hex digits (publisher id, sequence number, send
+//!   time in ns since the generator's start, from one monotonic clock) and then
+//!   'x' padding up to the message size. Every receiver checks each publisher's
+//!   sequence numbers for gaps and duplicates.
+
+use crate::stats::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::FromRawFd;
+use std::time::{Duration, Instant};
+
+/// Bytes of the message header (hex digits: 8 publisher, 16 sequence, 16 time).
+pub const HDR: usize = 40;
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+/// The key of RFC 6455's example and the accept value it must produce.
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const WS_ACCEPT: &[u8] = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+/// Handshakes in progress at once; more would overflow the listen backlog.
+const MAX_PENDING: usize = 256;
+/// Source addresses 127.0.0.1 ..= 127.0.0.N the connections rotate over.
+const SOURCE_ADDRS: u32 = 16;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    Connecting,
+    Handshake,
+    Open,
+    Closed,
+}
+
+pub struct Conn {
+    stream: Option<TcpStream>,
+    pub phase: Phase,
+    rbuf: Box<[u8]>,
+    rlen: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// Next expected sequence number per publisher id.
+    pub next_seq: Box<[u64]>,
+    /// Header of a fragmented message in progress.
+    frag: Option<(u32, u64, u64)>,
+    frag_len: usize,
+    /// Set when this connection publishes.
+    pub pub_id: Option<u32>,
+    pub sent: u64,
+    pub received: u64,
+    dirty: bool,
+}
+
+/// What the generator counts; separate from the connections so that a
+/// connection and the counters can be borrowed together.
+pub struct Counters {
+    pub hist: Histogram,
+    /// Latency is recorded for messages sent in [record_from, record_until) (ns).
+    pub record_from: u64,
+    pub record_until: u64,
+    pub delivered: u64,
+    pub delivered_bytes: u64,
+    pub gaps: u64,
+    pub dups: u64,
+    pub bad: u64,
+    pub opened: usize,
+    /// Connections that were open and then closed (by the server or an error).
+    pub lost: usize,
+    /// Connections that never opened (refused, reset, handshake rejected).
+    pub failed: usize,
+    pub pending: usize,
+    pub last_error: String,
+    now_ns: u64,
+}
+
+pub struct Gen {
+    poll: Poll,
+    events: Events,
+    pub conns: Vec<Conn>,
+    pub c: Counters,
+    rbuf_size: usize,
+    n_pubs: usize,
+    dirty: Vec<usize>,
+    /// Masked 'x' padding; index i holds b'x' ^ MASK[i % 4], copied from HDR on.
+    pad: Vec<u8>,
+    request: Vec<u8>,
+}
+
+impl Gen {
+    /// `n_pubs`: publisher ids 0..n_pubs (sizes each connection's sequence table);
+    /// `rbuf_size`: per-connection read buffer, at least one whole frame;
+    /// `max_msg`: the largest message this generator will send.
+    pub fn new(n_pubs: usize, rbuf_size: usize, max_msg: usize) -> io::Result<Gen> {
+        let pad = (0..max_msg.max(HDR)).map(|i| b'x' ^ MASK[i % 4]).collect();
+        Ok(Gen {
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            conns: Vec::new(),
+            c: Counters {
+                hist: Histogram::new(),
+                record_from: u64::MAX,
+                record_until: u64::MAX,
+                delivered: 0,
+                delivered_bytes: 0,
+                gaps: 0,
+                dups: 0,
+                bad: 0,
+                opened: 0,
+                lost: 0,
+                failed: 0,
+                pending: 0,
+                last_error: String::new(),
+                now_ns: 0,
+            },
+            rbuf_size,
+            n_pubs,
+            dirty: Vec::new(),
+            pad,
+            request: Vec::new(),
+        })
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        now_ns_global()
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.c.opened - self.c.lost
+    }
+
+    /// Starts one connection to `127.0.0.1:port/room` and returns its index.
+    pub fn connect(&mut self, dst: SocketAddrV4, room: &str) -> io::Result<usize> {
+        let idx = self.conns.len();
+        let src =
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 1)) + idx as u32 % SOURCE_ADDRS);
+        let stream = connect_from(src, dst)?;
+        let mut stream = TcpStream::from_std(stream);
+        self.poll.registry().register(
+            &mut stream,
+            Token(idx),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.request.clear();
+        write!(
+            self.request,
+            "GET /{room} HTTP/1.1\r\nHost: {dst}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )?;
+        let mut wbuf = Vec::with_capacity(256);
+        wbuf.extend_from_slice(&self.request);
+        self.conns.push(Conn {
+            stream: Some(stream),
+            phase: Phase::Connecting,
+            rbuf: vec![0; self.rbuf_size].into_boxed_slice(),
+            rlen: 0,
+            wbuf,
+            wpos: 0,
+            next_seq: vec![0; self.n_pubs].into_boxed_slice(),
+            frag: None,
+            frag_len: 0,
+            pub_id: None,
+            sent: 0,
+            received: 0,
+            dirty: false,
+        });
+        self.c.pending += 1;
+        Ok(idx)
+    }
+
+    /// Opens `n` connections (at most MAX_PENDING handshakes at once) and waits
+    /// until each is open or has failed, or until `deadline`. Returns the
+    /// index range of the connections created.
+    pub fn connect_many(
+        &mut self,
+        dst: SocketAddrV4,
+        room: &str,
+        n: usize,
+        deadline: Instant,
+    ) -> std::ops::Range<usize> {
+        let start = self.conns.len();
+        let mut created = 0;
+        while Instant::now() < deadline {
+            while created < n && self.c.pending < MAX_PENDING {
+                match self.connect(dst, room) {
+                    Ok(_) => created += 1,
+                    Err(e) => {
+                        self.c.failed += n - created;
+                        self.c.last_error = format!("socket/connect: {e}");
+                        created = n;
+                    }
+                }
+            }
+            if created == n && self.c.pending == 0 {
+                break;
+            }
+            self.poll_once(Some(Duration::from_millis(5)));
+        }
+        start..self.conns.len()
+    }
+
+    /// Queues one message from connection `idx` (which must have a pub_id):
+    /// `size` bytes of text, sequence number = messages sent so far. False when
+    /// the connection is not open (nothing is queued).
+    pub fn send(&mut self, idx: usize, size: usize) -> bool {
+        let ts = self.now_ns();
+        let conn = &mut self.conns[idx];
+        if conn.phase != Phase::Open {
+            return false;
+        }
+        let size = size.max(HDR);
+        let mut hdr = [0u8; HDR];
+        hex(&mut hdr[0..8], conn.pub_id.unwrap_or(u32::MAX) as u64);
+        hex(&mut hdr[8..24], conn.sent);
+        hex(&mut hdr[24..40], ts);
+        conn.sent += 1;
+        let w = &mut conn.wbuf;
+        w.push(0x81); // FIN + text
+        if size < 126 {
+            w.push(0x80 | size as u8);
+        } else if size <= 0xffff {
+            w.push(0x80 | 126);
+            w.extend_from_slice(&(size as u16).to_be_bytes());
+        } else {
+            w.push(0x80 | 127);
+            w.extend_from_slice(&(size as u64).to_be_bytes());
+        }
+        w.extend_from_slice(&MASK);
+        w.extend(hdr.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        // HDR is a multiple of 4, so the padding's mask phase starts at 0 again.
+        w.extend_from_slice(&self.pad[HDR..size]);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(idx);
+        }
+        true
+    }
+
+    /// Writes what is queued on every connection touched since the last flush.
+    pub fn flush(&mut self) {
+        for i in 0..self.dirty.len() {
+            let idx = self.dirty[i];
+            self.conns[idx].dirty = false;
+            if self.conns[idx].phase == Phase::Open {
+                self.conns[idx].write_out(&mut self.c);
+            }
+        }
+        self.dirty.clear();
+    }
+
+    /// One `poll` and the handling of its events.
+    pub fn poll_once(&mut self, timeout: Option<Duration>) {
+        if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                panic!("poll: {e}");
+            }
+            return;
+        }
+        for ev in self.events.iter() {
+            let idx = ev.token().0;
+            let conn = &mut self.conns[idx];
+            match conn.phase {
+                Phase::Closed => {}
+                Phase::Connecting => {
+                    let s = conn.stream.as_ref().expect("stream");
+                    match s.take_error() {
+                        Ok(Some(e)) | Err(e) => {
+                            conn.fail(&mut self.c, format!("connect: {e}"));
+                            continue;
+                        }
+                        Ok(None) => {}
+                    }
+                    match s.peer_addr() {
+                        Ok(_) => {
+                            conn.phase = Phase::Handshake;
+                            conn.write_out(&mut self.c);
+                            conn.read_in(&mut self.c);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                        Err(e) => conn.fail(&mut self.c, format!("connect: {e}")),
+                    }
+                }
+                Phase::Handshake | Phase::Open => {
+                    if ev.is_writable() {
+                        conn.write_out(&mut self.c);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        conn.read_in(&mut self.c);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls until `done` holds or `deadline` passes; returns whether `done` held.
+    pub fn run_until(&mut self, deadline: Instant, mut done: impl FnMut(&Gen) -> bool) -> bool {
+        loop {
+            if done(self) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            self.flush();
+            self.poll_once(Some((deadline - now).min(Duration::from_millis(10))));
+        }
+    }
+
+    /// Messages still missing at the end of a run: for every connection and
+    /// publisher, what that publisher sent (less its own, unless `echo`) minus
+    /// what arrived. Gaps already counted in the middle are not included.
+    pub fn tail_missing(&self, echo: bool) -> u64 {
+        let sent: Vec<(u32, u64)> = self
+            .conns
+            .iter()
+            .filter_map(|c| c.pub_id.map(|p| (p, c.sent)))
+            .collect();
+        let mut missing = 0;
+        for c in self.conns.iter().filter(|c| c.phase == Phase::Open) {
+            for &(p, n) in &sent {
+                if !echo && c.pub_id == Some(p) {
+                    continue;
+                }
+                missing += n.saturating_sub(c.next_seq[p as usize]);
+            }
+        }
+        missing
+    }
+
+    /// Closes every connection (the generator closes first).
+    pub fn close_all(&mut self) {
+        for c in &mut self.conns {
+            if let Some(mut s) = c.stream.take() {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+            c.phase = Phase::Closed;
+        }
+    }
+}
+
+impl Conn {
+    fn fail(&mut self, c: &mut Counters, why: String) {
+        match self.phase {
+            Phase::Connecting | Phase::Handshake => {
+                c.failed += 1;
+                c.pending -= 1;
+            }
+            Phase::Open => c.lost += 1,
+            Phase::Closed => return,
+        }
+        c.last_error = why;
+        self.phase = Phase::Closed;
+        self.stream = None; // closes the socket
+    }
+
+    fn write_out(&mut self, c: &mut Counters) {
+        let Some(s) = self.stream.as_mut() else {
+            return;
+        };
+        while self.wpos < self.wbuf.len() {
+            match s.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return self.fail(c, "write: closed".into()),
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.fail(c, format!("write: {e}")),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+    }
+
+    fn read_in(&mut self, c: &mut Counters) {
+        loop {
+            if self.rlen == self.rbuf.len() {
+                return self.fail(c, "read buffer full (frame larger than buffer?)".into());
+            }
+            let Some(s) = self.stream.as_mut() else {
+                return;
+            };
+            match s.read(&mut self.rbuf[self.rlen..]) {
+                Ok(0) => return self.fail(c, "closed by server".into()),
+                Ok(n) => {
+                    let space = self.rbuf.len() - self.rlen;
+                    self.rlen += n;
+                    c.now_ns = 0; // taken lazily, once per read
+                    if self.phase == Phase::Handshake && !self.handshake(c) {
+                        return;
+                    }
+                    if self.phase == Phase::Open {
+                        self.parse(c);
+                    }
+                    if self.phase == Phase::Closed {
+                        return;
+                    }
+                    if n < space {
+                        // A short read drained the socket; epoll (edge-triggered)
+                        // reports the next arrival, so skip the read that would
+                        // only say WouldBlock (as tokio does on Linux).
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.fail(c, format!("read: {e}")),
+            }
+        }
+        if !self.wbuf.is_empty() {
+            self.write_out(c); // pongs
+        }
+    }
+
+    /// Consumes the HTTP response head; false while it is incomplete or on failure.
+    fn handshake(&mut self, c: &mut Counters) -> bool {
+        let buf = &self.rbuf[..self.rlen];
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = &buf[..end];
+        if !head.starts_with(b"HTTP/1.1 101") {
+            let line = head.split(|&b| b == b'\r').next().unwrap_or(b"");
+            let why = format!("handshake: {}", String::from_utf8_lossy(line));
+            self.fail(c, why);
+            return false;
+        }
+        if !head.windows(WS_ACCEPT.len()).any(|w| w == WS_ACCEPT) {
+            self.fail(c, "handshake: wrong Sec-WebSocket-Accept".into());
+            return false;
+        }
+        self.rbuf.copy_within(end + 4..self.rlen, 0);
+        self.rlen -= end + 4;
+        self.phase = Phase::Open;
+        c.pending -= 1;
+        c.opened += 1;
+        true
+    }
+
+    /// Handles every complete frame in the read buffer, then moves a partial
+    /// frame to the front.
+    fn parse(&mut self, c: &mut Counters) {
+        let mut pos = 0;
+        loop {
+            let avail = self.rlen - pos;
+            if avail < 2 {
+                break;
+            }
+            let b0 = self.rbuf[pos];
+            let b1 = self.rbuf[pos + 1];
+            if b1 & 0x80 != 0 {
+                return self.fail(c, "protocol: masked frame from server".into());
+            }
+            let (len, hl) = match b1 & 0x7f {
+                126 if avail >= 4 => (
+                    u16::from_be_bytes([self.rbuf[pos + 2], self.rbuf[pos + 3]]) as usize,
+                    4,
+                ),
+                127 if avail >= 10 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&self.rbuf[pos + 2..pos + 10]);
+                    (u64::from_be_bytes(b) as usize, 10)
+                }
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if len + hl > self.rbuf.len() {
+                return self.fail(c, format!("frame of {len} bytes exceeds the read buffer"));
+            }
+            if avail < hl + len {
+                break;
+            }
+            let p0 = pos + hl;
+            pos += hl + len;
+            let fin = b0 & 0x80 != 0;
+            match b0 & 0x0f {
+                1 | 2 => {
+                    let h = parse_hdr(&self.rbuf[p0..p0 + len]);
+                    if fin {
+                        self.message(c, h, len);
+                    } else {
+                        self.frag = h;
+                        self.frag_len = len;
+                        if h.is_none() {
+                            c.bad += 1;
+                        }
+                    }
+                }
+                0 => {
+                    self.frag_len += len;
+                    if fin {
+                        let h = self.frag.take();
+                        self.message(c, h, self.frag_len);
+                    }
+                }
+                8 => return self.fail(c, "close frame from server".into()),
+                9 => {
+                    // Ping: answer with a masked pong carrying the same payload.
+                    self.wbuf.push(0x8a);
+                    self.wbuf.push(0x80 | len as u8);
+                    self.wbuf.extend_from_slice(&MASK);
+                    for i in 0..len {
+                        self.wbuf.push(self.rbuf[p0 + i] ^ MASK[i % 4]);
+                    }
+                }
+                _ => {} // pong, or reserved
+            }
+        }
+        if pos > 0 {
+            self.rbuf.copy_within(pos..self.rlen, 0);
+            self.rlen -= pos;
+        }
+    }
+
+    #[inline]
+    fn message(&mut self, c: &mut Counters, h: Option<(u32, u64, u64)>, len: usize) {
+        c.delivered += 1;
+        c.delivered_bytes += len as u64;
+        self.received += 1;
+        let Some((p, seq, ts)) = h else {
+            c.bad += 1;
+            return;
+        };
+        let Some(next) = self.next_seq.get_mut(p as usize) else {
+            c.bad += 1;
+            return;
+        };
+        if seq == *next {
+            *next = seq + 1;
+        } else if seq > *next {
+            c.gaps += seq - *next;
+            *next = seq + 1;
+        } else {
+            c.dups += 1;
+        }
+        if ts >= c.record_from && ts < c.record_until {
+            if c.now_ns == 0 {
+                c.now_ns = now_ns_global();
+            }
+            c.hist.record(c.now_ns.saturating_sub(ts));
+        }
+    }
+}
+
+thread_local! {
+    static T0: std::cell::OnceCell<Instant> = const { std::cell::OnceCell::new() };
+}
+
+/// Nanoseconds since the first call on this thread: the one monotonic clock that
+/// stamps and receives messages (the generator is single-threaded).
+pub fn now_ns_global() -> u64 {
+    T0.with(|t| t.get_or_init(Instant::now).elapsed().as_nanos() as u64)
+}
+
+fn hex(out: &mut [u8], mut v: u64) {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = D[(v & 15) as usize];
+        v >>= 4;
+    }
+}
+
+/// Decodes 8 lowercase hex digits at once (SWAR); None if a byte is not one.
+#[inline]
+fn unhex8(s: &[u8]) -> Option<u64> {
+    let x = u64::from_be_bytes(s[..8].try_into().ok()?);
+    // Digits are 0x30..=0x39, letters 0x61..=0x66: bit 6 marks a letter.
+    let letters = (x & 0x4040_4040_4040_4040) >> 6;
+    let high = x & 0xf0f0_f0f0_f0f0_f0f0;
+    if high != 0x3030_3030_3030_3030 ^ (letters * 0x50) {
+        return None;
+    }
+    let mut v = (x & 0x0f0f_0f0f_0f0f_0f0f) + letters * 9;
+    v = (v | (v >> 4)) & 0x00ff_00ff_00ff_00ff;
+    v = (v | (v >> 8)) & 0x0000_ffff_0000_ffff;
+    v = (v | (v >> 16)) & 0x0000_0000_ffff_ffff;
+    Some(v)
+}
+
+fn parse_hdr(p: &[u8]) -> Option<(u32, u64, u64)> {
+    if p.len() < HDR {
+        return None;
+    }
+    let id = unhex8(&p[0..8])? as u32;
+    let seq = (unhex8(&p[8..16])? << 32) | unhex8(&p[16..24])?;
+    let ts = (unhex8(&p[24..32])? << 32) | unhex8(&p[32..40])?;
+    Some((id, seq, ts))
+}
+
+/// A non-blocking TCP connect from `src` (port chosen at connect time, so the
+/// port space is per destination) to `dst`.
+fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> io::Result<std::net::TcpStream> {
+    fn sin(a: SocketAddrV4) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor we own; it is closed on error
+    // and handed to TcpStream (which then owns it) on success.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let optlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let p = &one as *const libc::c_int as *const libc::c_void;
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            p,
+            optlen,
+        );
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, p, optlen);
+        let s = sin(SocketAddrV4::new(src, 0));
+        if libc::bind(fd, &s as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let d = sin(dst);
+        if libc::connect(fd, &d as *const _ as *const libc::sockaddr, len) != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(e);
+            }
+        }
+        Ok(stream)
+    }
+}

@@ -1,0 +1,146 @@
+//! Rooms across processes: two wschat nodes sharing rooms through a real redis-server.
+//! Skipped (with a message) when redis-server is not installed; `.ci/run` installs it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::*;
+use tungstenite::Message;
+
+fn node(redis: &RedisServer) -> TestServer {
+    start(Config {
+        redis: Some(wschat::redis::RedisUrl::parse(&redis.url()).unwrap()),
+        ..config()
+    })
+}
+
+fn wait_redis_up(server: &TestServer) {
+    eventually("redis link up", || server.metric("wschat_redis_up") == 1.0);
+}
+
+/// Subscribers on a channel as Redis counts them.
+fn numsub(redis: &RedisServer, room: &str) -> String {
+    let out = redis.cli(&["PUBSUB", "NUMSUB", &format!("wschat:room:{room}")]);
+    out.lines().nth(1).unwrap_or("").trim().to_string()
+}
+
+#[test]
+fn clients_on_two_nodes_share_a_room_and_only_that_room() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis);
+    let b = node(&redis);
+    wait_redis_up(&a);
+    wait_redis_up(&b);
+    let mut on_a = a.client("/lobby");
+    let mut on_b = b.client("/lobby");
+    let mut elsewhere_b = b.client("/other");
+    eventually("both nodes subscribed to /lobby", || {
+        numsub(&redis, "/lobby") == "2"
+    });
+
+    on_a.send(Message::text("from a")).unwrap();
+    assert_eq!(next_text(&mut on_b), "from a");
+    on_b.send(Message::binary(vec![1u8, 2, 3])).unwrap();
+    assert_eq!(
+        next_message(&mut on_a),
+        Message::binary(vec![1u8, 2, 3]),
+        "binary stays binary"
+    );
+    // Nobody hears their own message twice, and other rooms hear nothing.
+    assert_silent(&mut on_a, Duration::from_millis(200));
+    assert_silent(&mut elsewhere_b, Duration::from_millis(50));
+    assert_eq!(a.metric("wschat_redis_published_total"), 1.0);
+    assert_eq!(a.metric("wschat_redis_received_total"), 1.0);
+}
+
+#[test]
+fn a_node_without_members_in_a_room_receives_none_of_its_traffic() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis);
+    let b = node(&redis);
+    wait_redis_up(&a);
+    wait_redis_up(&b);
+    let mut talker = a.client("/busy");
+    let mut listener = a.client("/busy");
+    let _bystander = b.client("/quiet");
+    eventually("a subscribed to /busy", || numsub(&redis, "/busy") == "1");
+    for i in 0..20 {
+        talker.send(Message::text(format!("{i}"))).unwrap();
+    }
+    for i in 0..20 {
+        assert_eq!(next_text(&mut listener), i.to_string());
+    }
+    eventually("a published all 20", || {
+        a.metric("wschat_redis_published_total") == 20.0
+    });
+    assert_eq!(b.metric("wschat_redis_received_total"), 0.0);
+    assert_eq!(b.metric("wschat_redis_received_own_total"), 0.0);
+    // When the last member leaves, the node unsubscribes.
+    drop(talker);
+    drop(listener);
+    eventually("a unsubscribed from /busy", || {
+        numsub(&redis, "/busy") == "0"
+    });
+}
+
+#[test]
+fn a_redis_restart_is_survived_and_traffic_resumes() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis);
+    let b = node(&redis);
+    wait_redis_up(&a);
+    wait_redis_up(&b);
+    let mut on_a = a.client("/r");
+    let mut on_b = b.client("/r");
+    let mut local_a = a.client("/r");
+    eventually("both subscribed", || numsub(&redis, "/r") == "2");
+    on_a.send(Message::text("before")).unwrap();
+    assert_eq!(next_text(&mut on_b), "before");
+    assert_eq!(next_text(&mut local_a), "before");
+
+    redis.stop();
+    eventually("a sees the link down", || {
+        a.metric("wschat_redis_up") == 0.0
+    });
+    // Local delivery keeps working while Redis is away.
+    on_a.send(Message::text("during")).unwrap();
+    assert_eq!(next_text(&mut local_a), "during");
+    assert!(a.get("/healthz").body_text().contains("redis down"));
+
+    redis.restart();
+    wait_redis_up(&a);
+    wait_redis_up(&b);
+    eventually("both re-subscribed", || numsub(&redis, "/r") == "2");
+    on_b.send(Message::text("after")).unwrap();
+    assert_eq!(next_text(&mut on_a), "after");
+    assert_eq!(next_text(&mut local_a), "after");
+    assert!(a.metric("wschat_redis_reconnects_total") >= 1.0);
+}
+
+#[test]
+fn stopping_one_node_does_not_disturb_the_other() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis);
+    let b = node(&redis);
+    wait_redis_up(&a);
+    wait_redis_up(&b);
+    let _on_a = a.client("/s");
+    let mut b1 = b.client("/s");
+    let mut b2 = b.client("/s");
+    eventually("both subscribed", || numsub(&redis, "/s") == "2");
+    a.stop().unwrap();
+    eventually("a unsubscribed", || numsub(&redis, "/s") == "1");
+    b1.send(Message::text("still here")).unwrap();
+    assert_eq!(next_text(&mut b2), "still here");
+    assert_eq!(b.metric("wschat_redis_up"), 1.0);
+}
