@@ -16,6 +16,9 @@ use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 use crate::outbound::Outbound;
 use crate::room::RoomKey;
 
+mod utf8_guard;
+use utf8_guard::{InvalidUtf8Early, Utf8Guard};
+
 /// Size of the loop's one read buffer, shared by every connection in turn.
 pub const READ_SCRATCH_SIZE: usize = 64 * 1024;
 /// At most this many bytes are read from one socket per readiness event, so one fast sender
@@ -195,12 +198,26 @@ impl ReadScratch {
         }
     }
 
-    /// Copies pending bytes into `out`, reading the socket first when none are pending.
-    fn read_into(&mut self, socket: &mut TcpStream, out: &mut [u8]) -> io::Result<usize> {
+    /// Copies pending bytes into `out`, reading the socket first when none are pending. The
+    /// guard may withhold the bytes from an invalid UTF-8 sequence on: the bytes before it
+    /// are handed on, and the read after them fails with `InvalidUtf8Early`.
+    fn read_into(
+        &mut self,
+        socket: &mut TcpStream,
+        out: &mut [u8],
+        guard: &mut Utf8Guard,
+    ) -> io::Result<usize> {
+        if guard.failed() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8Early));
+        }
         if self.start == self.end && self.fill(socket)? == 0 {
             return Ok(0);
         }
         let n = out.len().min(self.end - self.start);
+        let n = guard.scan(&self.buffer[self.start..self.start + n]);
+        if n == 0 && guard.failed() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8Early));
+        }
         out[..n].copy_from_slice(&self.buffer[self.start..self.start + n]);
         self.start += n;
         Ok(n)
@@ -208,17 +225,18 @@ impl ReadScratch {
 }
 
 /// The stream tungstenite sees: reads come from the loop's scratch buffer (filled from the
-/// socket), writes go into the connection's outbound queue and never block. The loop flushes
-/// the queue to the socket once per pass.
+/// socket) through the connection's UTF-8 guard, writes go into the connection's outbound
+/// queue and never block. The loop flushes the queue to the socket once per pass.
 struct LoopStream<'a> {
     socket: &'a mut TcpStream,
     scratch: &'a mut ReadScratch,
     outbound: &'a mut Outbound,
+    guard: &'a mut Utf8Guard,
 }
 
 impl Read for LoopStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.scratch.read_into(self.socket, buf)
+        self.scratch.read_into(self.socket, buf, self.guard)
     }
 }
 
@@ -236,6 +254,8 @@ impl Write for LoopStream<'_> {
 /// A connection upgraded to WebSocket.
 pub struct WebSocketState {
     context: WebSocketContext,
+    /// Fails a text message at its first invalid UTF-8 byte, before its frame is complete.
+    guard: Utf8Guard,
     pub room: RoomKey,
     /// This member's index in its room's member list.
     pub slot: usize,
@@ -372,8 +392,12 @@ impl Connection {
 
     /// Switches to WebSocket after the 101 is queued; `rest` is what followed the head.
     pub fn upgrade(&mut self, rest: Vec<u8>, config: WebSocketConfig, room: RoomKey, slot: usize) {
+        // The bytes after the head go to tungstenite directly: the guard sees them first.
+        let mut guard = Utf8Guard::default();
+        guard.scan(&rest);
         self.phase = Phase::WebSocket(Box::new(WebSocketState {
             context: WebSocketContext::from_partially_read(rest, Role::Server, Some(config)),
+            guard,
             room,
             slot,
             pinged: false,
@@ -394,6 +418,7 @@ impl Connection {
             socket: &mut self.socket,
             scratch,
             outbound: &mut self.outbound,
+            guard: &mut ws.guard,
         };
         let result = ws.context.read(&mut stream);
         if stream.scratch.bytes_read != before {
@@ -436,6 +461,7 @@ impl Connection {
             socket: &mut self.socket,
             scratch,
             outbound: &mut self.outbound,
+            guard: &mut ws.guard,
         };
         let _ = ws.context.close(&mut stream, reason.close_frame());
     }
@@ -449,6 +475,7 @@ impl Connection {
             socket: &mut self.socket,
             scratch,
             outbound: &mut self.outbound,
+            guard: &mut ws.guard,
         };
         if ws
             .context
@@ -479,20 +506,23 @@ impl Connection {
         false
     }
 
-    /// In `Closing`: reads and discards until end of stream. Returns true at end of stream
-    /// (or on an error), when the socket can be dropped.
-    pub fn drain_input(&mut self, scratch: &mut ReadScratch) -> bool {
-        loop {
-            match scratch.fill(&mut self.socket) {
+    /// In `Closing`: reads and discards until end of stream, into a buffer of its own (the
+    /// loop's scratch may hold another connection's bytes). Returns true at end of stream or
+    /// on an error: the peer is finished.
+    pub fn drain_input(&mut self) -> bool {
+        let mut discard = [0u8; 4096];
+        // Bounded like any read: a peer that keeps sending is cut off by the close deadline.
+        for _ in 0..64 {
+            match self.socket.read(&mut discard) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.read_owed = scratch.budget_exhausted;
-                    return false;
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(_) => return true,
             }
         }
+        self.read_owed = true;
+        false
     }
 }
 
@@ -505,6 +535,12 @@ fn classify(error: &WsError) -> CloseReason {
         WsError::Utf8(_) => CloseReason::InvalidUtf8,
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => CloseReason::MessageTooBig,
         WsError::Capacity(_) => CloseReason::MessageTooBig,
+        WsError::Io(e)
+            if e.get_ref()
+                .is_some_and(|inner| inner.is::<InvalidUtf8Early>()) =>
+        {
+            CloseReason::InvalidUtf8
+        }
         WsError::Io(e)
             if matches!(
                 e.kind(),

@@ -5,7 +5,7 @@
 //! sockets: the loop looks members up and queues frames to them. Nothing here assumes every
 //! member is local, so a shared bus can later feed a room as one more source of messages.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -40,6 +40,12 @@ impl Room {
 pub struct HistoryLimits {
     pub messages: usize,
     pub bytes: usize,
+    /// Rooms kept at most, with members or history. Members are capped by the connection
+    /// cap, but dormant rooms (history only) are not: one client joining, speaking and
+    /// leaving room after room would grow them without bound. Opening a room at this cap
+    /// drops the longest-dormant one first. The loop passes the connection cap, so history
+    /// memory stays within `bytes` × connection cap.
+    pub rooms: usize,
 }
 
 pub struct Rooms {
@@ -48,6 +54,8 @@ pub struct Rooms {
     limits: HistoryLimits,
     /// Rooms with members (the others only hold history).
     occupied: usize,
+    /// Rooms without members, by when they emptied: expiry and eviction take the oldest.
+    dormant: BTreeSet<(Instant, RoomKey)>,
 }
 
 /// What a join did to the room.
@@ -75,6 +83,7 @@ impl Rooms {
             by_name: HashMap::new(),
             limits,
             occupied: 0,
+            dormant: BTreeSet::new(),
         }
     }
 
@@ -96,6 +105,9 @@ impl Rooms {
         let room = match self.by_name.get(name) {
             Some(&key) => key,
             None => {
+                if self.table.len() >= self.limits.rooms.max(1) {
+                    self.evict_longest_dormant();
+                }
                 let key = self.table.insert(Room {
                     name: name.into(),
                     members: Vec::new(),
@@ -112,7 +124,9 @@ impl Rooms {
         if first_member {
             self.occupied += 1;
         }
-        entry.emptied_at = None;
+        if let Some(emptied) = entry.emptied_at.take() {
+            self.dormant.remove(&(emptied, room));
+        }
         entry.members.push(member);
         Joined {
             room,
@@ -143,11 +157,13 @@ impl Rooms {
         let emptied = last_member.then(|| entry.name.clone());
         if last_member {
             self.occupied -= 1;
-            entry.emptied_at = Some(now);
             if entry.history.is_empty() {
                 let name = entry.name.clone();
                 self.by_name.remove(&name);
                 self.table.remove(room);
+            } else {
+                entry.emptied_at = Some(now);
+                self.dormant.insert((now, room));
             }
         }
         Left {
@@ -178,25 +194,29 @@ impl Rooms {
     }
 
     /// Drops empty rooms whose history is older than `ttl`. Returns the earliest time another
-    /// room will expire, for the loop's timer.
+    /// room will expire, for the loop's timer. Called when that timer comes due.
     pub fn expire_history(&mut self, now: Instant, ttl: std::time::Duration) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut expired = Vec::new();
-        for (key, room) in self.table.iter() {
-            if let Some(emptied) = room.emptied_at {
-                let due = emptied + ttl;
-                if due <= now {
-                    expired.push(key);
-                } else {
-                    next = Some(next.map_or(due, |n: Instant| n.min(due)));
-                }
+        while let Some(&(emptied, key)) = self.dormant.first() {
+            if emptied + ttl > now {
+                return Some(emptied + ttl);
             }
+            self.dormant.pop_first();
+            self.remove_room(key);
         }
-        for key in expired {
-            let room = self.table.remove(key);
+        None
+    }
+
+    /// Makes room for a new room at the room cap: the room dormant longest goes.
+    fn evict_longest_dormant(&mut self) {
+        if let Some((_, key)) = self.dormant.pop_first() {
+            self.remove_room(key);
+        }
+    }
+
+    fn remove_room(&mut self, key: RoomKey) {
+        if let Some(room) = self.table.try_remove(key) {
             self.by_name.remove(&room.name);
         }
-        next
     }
 
     /// Rooms that only hold history (no members).
@@ -211,7 +231,11 @@ mod tests {
     use std::time::Duration;
 
     fn rooms(messages: usize, bytes: usize) -> Rooms {
-        Rooms::new(HistoryLimits { messages, bytes })
+        Rooms::new(HistoryLimits {
+            messages,
+            bytes,
+            rooms: 100,
+        })
     }
 
     #[test]
@@ -255,6 +279,33 @@ mod tests {
             .map(|f| f.len())
             .collect();
         assert_eq!(kept, vec![2, 8], "byte bound drops the oldest");
+    }
+
+    #[test]
+    fn a_new_room_at_the_room_cap_evicts_the_longest_dormant() {
+        let mut rooms = Rooms::new(HistoryLimits {
+            messages: 10,
+            bytes: 1000,
+            rooms: 2,
+        });
+        let start = Instant::now();
+        for (i, name) in ["/a", "/b"].into_iter().enumerate() {
+            let j = rooms.join(name, i);
+            rooms.remember(j.room, Bytes::from_static(b"x"));
+            rooms.leave(j.room, j.slot, start + Duration::from_secs(i as u64));
+        }
+        assert_eq!(rooms.dormant(), 2);
+        rooms.join("/c", 9);
+        assert_eq!(rooms.key_of("/a"), None, "the longest dormant went");
+        assert!(rooms.key_of("/b").is_some());
+        assert_eq!(rooms.dormant(), 1);
+        // A room revived by a join is no longer dormant: expiry leaves it alone.
+        let b = rooms.join("/b", 10);
+        assert_eq!(
+            rooms.expire_history(start + Duration::from_secs(99), Duration::ZERO),
+            None
+        );
+        assert_eq!(rooms.key_of("/b"), Some(b.room));
     }
 
     #[test]

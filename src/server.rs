@@ -211,6 +211,7 @@ impl Server {
             rooms: Rooms::new(HistoryLimits {
                 messages: config.history,
                 bytes: config.history_bytes,
+                rooms: max_connections,
             }),
             websocket_config: config.websocket_config(),
             assets,
@@ -331,7 +332,9 @@ impl Server {
             self.reap_doomed();
             self.stats.record_loop(pass_started.elapsed());
             if let Some(deadline) = self.drain_deadline {
-                if self.connections.is_empty() {
+                // Idle keep-alive HTTP connections may still ask /healthz; they do not hold
+                // the exit.
+                if self.connections.iter().all(|(_, c)| is_idle_http(c)) {
                     info!("drained: every client is gone");
                     break;
                 }
@@ -468,11 +471,7 @@ impl Server {
         match conn.phase {
             Phase::Http { .. } => self.read_http(key),
             Phase::WebSocket(_) => self.read_websocket(key),
-            Phase::Closing { .. } => {
-                if conn.drain_input(&mut self.scratch) {
-                    self.doom(key, CloseReason::HttpDone);
-                }
-            }
+            Phase::Closing { .. } => self.progress_closing(key),
         }
         if let Some(conn) = self.connections.get_mut(key) {
             if conn.read_owed {
@@ -534,8 +533,9 @@ impl Server {
                     return;
                 }
                 Ok(Head::Complete(request, len)) => {
-                    let rest = head.split_off(len);
-                    let upgraded = self.serve_request(key, request, rest, peer_done);
+                    // Keep only what follows this head: the next request, or the first frames.
+                    head.drain(..len);
+                    let upgraded = self.serve_request(key, request, peer_done);
                     if upgraded {
                         self.read_websocket(key);
                         return;
@@ -546,13 +546,7 @@ impl Server {
     }
 
     /// Answers one request. Returns true if the connection became a WebSocket.
-    fn serve_request(
-        &mut self,
-        key: usize,
-        request: Request,
-        rest: Vec<u8>,
-        peer_done: bool,
-    ) -> bool {
+    fn serve_request(&mut self, key: usize, request: Request, peer_done: bool) -> bool {
         let route = match http::route(&request, |path| self.assets.contains(path)) {
             Ok(route) => route,
             Err(error) => {
@@ -561,7 +555,7 @@ impl Server {
             }
         };
         if let Route::WebSocket { room } = route {
-            return self.upgrade(key, &request, room, rest);
+            return self.upgrade(key, &request, room);
         }
         self.stats.http_requests += 1;
         let keep_alive = request.keep_alive && !peer_done && self.drain_deadline.is_none();
@@ -691,13 +685,30 @@ impl Server {
         mark_dirty(&mut self.dirty, key, conn);
         let deadline = self.now + CLOSE_TIMEOUT;
         self.set_deadline(key, deadline);
+        self.progress_closing(key);
+    }
+
+    /// Moves a closing connection on: input is read and discarded; once the queue is empty
+    /// the write side is shut (our FIN follows the last byte); once the peer's end of stream
+    /// has arrived too, the connection is removed. Called on readable, after each flush and
+    /// when closing begins.
+    fn progress_closing(&mut self, key: usize) {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        let peer_finished = conn.drain_input();
+        let write_shut = conn.shut_write_when_flushed();
+        if peer_finished && write_shut {
+            let reason = conn.close_reason.unwrap_or(CloseReason::HttpDone);
+            self.doom(key, reason);
+        }
     }
 
     // ----------------------------------------------------------------------------------
     // WebSocket
 
     /// Completes the opening handshake (or refuses it with a status) and joins the room.
-    fn upgrade(&mut self, key: usize, request: &Request, room: String, rest: Vec<u8>) -> bool {
+    fn upgrade(&mut self, key: usize, request: &Request, room: String) -> bool {
         let refusal = if self.drain_deadline.is_some() {
             Some((
                 Refusal::Draining,
@@ -748,6 +759,11 @@ impl Server {
             return false;
         };
         let response = http::switching_protocols(&upgrade.key);
+        // Bytes that arrived behind the head are the first frames: tungstenite gets them.
+        let rest = match &mut conn.phase {
+            Phase::Http { head } => std::mem::take(head),
+            _ => Vec::new(),
+        };
         self.queued_total += response.len();
         conn.outbound.push_opaque(response);
         conn.upgrade(rest, self.websocket_config, joined.room, joined.slot);
@@ -755,6 +771,7 @@ impl Server {
         if let Some(room_entry) = self.rooms.get(joined.room) {
             for frame in room_entry.history() {
                 self.queued_total += frame.len();
+                self.stats.deliveries += 1;
                 conn.outbound.push_shared(frame.clone());
             }
         }
@@ -1177,12 +1194,7 @@ impl Server {
                 continue;
             }
             match conn.phase {
-                Phase::Closing { .. } => {
-                    if conn.shut_write_when_flushed() && conn.drain_input(&mut self.scratch) {
-                        let reason = conn.close_reason.unwrap_or(CloseReason::HttpDone);
-                        self.doom(key, reason);
-                    }
-                }
+                Phase::Closing { .. } => self.progress_closing(key),
                 Phase::Http { .. } => {
                     // A pipelined request may be waiting behind the response just sent.
                     if conn.read_owed && !self.owed_reads.contains(&key) {
@@ -1304,9 +1316,8 @@ impl Server {
                 Phase::WebSocket(_) if conn.accepts_messages() => {
                     self.close_websocket(key, CloseReason::Shutdown)
                 }
-                Phase::Http { .. } if conn.outbound.is_empty() => {
-                    self.doom(key, CloseReason::Shutdown)
-                }
+                // HTTP connections stay: a request on an open keep-alive connection is
+                // answered (with `Connection: close`), so /healthz can say "draining".
                 _ => {}
             }
         }
@@ -1398,6 +1409,11 @@ fn redis_metrics(link: &RedisLink) -> String {
         link.queued_bytes() as u64,
     );
     out
+}
+
+/// An HTTP connection waiting for its next request, with nothing half-read or unsent.
+fn is_idle_http(conn: &Connection) -> bool {
+    matches!(&conn.phase, Phase::Http { head } if head.is_empty()) && conn.outbound.is_empty()
 }
 
 /// Puts a connection on the dirty list once per pass.
