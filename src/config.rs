@@ -255,14 +255,16 @@ impl Config {
         } else {
             0
         };
-        inbound_per_conn * max_connections as u64
+        // A busy connection keeps one flushed buffer for its next pass.
+        let spare_per_conn = crate::outbound::KEEP_CAPACITY as u64;
+        (inbound_per_conn + spare_per_conn) * max_connections as u64
             + (self.max_outbound_total as u64)
             + history * max_connections as u64
     }
 }
 
 /// Bytes tungstenite copies per read call out of the loop's shared read buffer.
-pub const READ_BUFFER_SIZE: usize = 256;
+pub const READ_BUFFER_SIZE: usize = 64;
 
 #[cfg(test)]
 mod tests {

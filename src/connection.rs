@@ -304,6 +304,9 @@ pub struct Connection {
     pub last_heard: Instant,
     /// The next time the loop must look at this connection (handshake, heartbeat, close).
     pub deadline: Instant,
+    /// When this connection's one live timer entry fires (at or before `deadline`); None
+    /// when it has no entry.
+    pub timer_at: Option<Instant>,
     /// On the loop's dirty list: has bytes to flush this pass.
     pub dirty: bool,
     /// The socket refused bytes; wait for a writable event before writing again.
@@ -312,7 +315,8 @@ pub struct Connection {
     pub read_owed: bool,
     /// Why it is closing, once it is.
     pub close_reason: Option<CloseReason>,
-    pub room_name_for_log: Option<Box<str>>,
+    /// It became a WebSocket at some point: its end is logged at info.
+    pub upgraded: bool,
 }
 
 impl Connection {
@@ -332,11 +336,12 @@ impl Connection {
             outbound: Outbound::default(),
             last_heard: now,
             deadline,
+            timer_at: None,
             dirty: false,
             write_blocked: false,
             read_owed: false,
             close_reason: None,
-            room_name_for_log: None,
+            upgraded: false,
         }
     }
 

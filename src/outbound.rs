@@ -21,8 +21,10 @@ pub const SHARE_THRESHOLD: usize = 2048;
 /// A contiguous buffer is not grown past this; a new segment starts instead.
 const SEGMENT_CAPACITY: usize = 64 * 1024;
 /// A flushed buffer up to this size is kept for the next pass, so a busy connection does not
-/// allocate per pass. Larger ones are freed.
-const KEEP_CAPACITY: usize = 16 * 1024;
+/// allocate (and regrow by doubling) every pass: a 16 KiB limit cost 9 allocations per member
+/// per pass in a saturated fan-out (benches/alloc.rs). The kept buffer is given back when the
+/// connection falls quiet (heartbeat), and counts in the worst case logged at start-up.
+pub const KEEP_CAPACITY: usize = SEGMENT_CAPACITY;
 /// At most this many iovecs per write call (Linux allows 1024; more buys nothing).
 const MAX_IOVECS: usize = 64;
 

@@ -356,6 +356,16 @@ impl Server {
         if !self.owed_reads.is_empty() {
             return Some(Duration::ZERO);
         }
+        // Entries of connections that are gone or whose deadline moved would wake the loop
+        // for nothing (an idle server would wake after its last client): discard them now.
+        while let Some(&Reverse((at, key, id))) = self.timers.peek()
+            && !self
+                .connections
+                .get(key)
+                .is_some_and(|c| c.id == id && c.deadline == at)
+        {
+            self.timers.pop();
+        }
         let candidates = [
             self.timers.peek().map(|Reverse((at, _, _))| *at),
             self.accept_paused_until,
@@ -427,7 +437,7 @@ impl Server {
         self.next_id += 1;
         let deadline = self.now + self.config.handshake_timeout;
         entry.insert(Connection::new(id, socket, peer, self.now, deadline));
-        self.timers.push(Reverse((deadline, key, id)));
+        self.set_deadline(key, deadline);
         self.stats.opened();
         trace!("conn={id} peer={peer} accepted");
         // The request may already be here; with edge-triggered readiness its event may have
@@ -764,8 +774,14 @@ impl Server {
             Phase::Http { head } => std::mem::take(head),
             _ => Vec::new(),
         };
-        self.queued_total += response.len();
-        conn.outbound.push_opaque(response);
+        // A fresh socket takes the 101 at once; writing it now, not through the queue, keeps
+        // an idle connection from holding queue memory it will not use again.
+        let sent = write_now(&mut conn.socket, &response);
+        self.stats.bytes_sent += sent as u64;
+        if sent < response.len() {
+            self.queued_total += response.len() - sent;
+            conn.outbound.push_opaque(response[sent..].to_vec());
+        }
         conn.upgrade(rest, self.websocket_config, joined.room, joined.slot);
         // Late joiners get the room's recent messages before any live traffic.
         if let Some(room_entry) = self.rooms.get(joined.room) {
@@ -775,7 +791,7 @@ impl Server {
                 conn.outbound.push_shared(frame.clone());
             }
         }
-        conn.room_name_for_log = Some(room.as_str().into());
+        conn.upgraded = true;
         info!("conn={} peer={} opened room={}", conn.id, conn.peer, room);
         mark_dirty(&mut self.dirty, key, conn);
         self.stats.websockets_open += 1;
@@ -931,6 +947,7 @@ impl Server {
         let drop_oldest = config.slow_client == SlowClientPolicy::DropOldest;
         let close = config.slow_client == SlowClientPolicy::Close;
         let mut slow = Vec::new();
+        let mut gone = Vec::new();
         for &member in room_entry.members() {
             if Some(member) == except {
                 continue;
@@ -940,6 +957,22 @@ impl Server {
             };
             if !recipient.accepts_messages() {
                 continue;
+            }
+            // The budget counts bytes the socket would not take, not what this pass queued
+            // before its flush: write now what the socket takes before judging a member slow
+            // (one pass may read a burst larger than the budget from one sender).
+            if recipient.outbound.len() + frame.len() > budget && !recipient.write_blocked {
+                match recipient.outbound.flush_once(&mut recipient.socket) {
+                    Ok(flushed) => {
+                        *queued_total -= flushed.bytes;
+                        stats.bytes_sent += flushed.bytes as u64;
+                        recipient.write_blocked = flushed.blocked;
+                    }
+                    Err(_) => {
+                        gone.push(member);
+                        continue;
+                    }
+                }
             }
             let before = recipient.outbound.len();
             match recipient.outbound.offer(&frame, budget, drop_oldest, close) {
@@ -956,6 +989,9 @@ impl Server {
         }
         for member in slow {
             self.close_slow_consumer(member);
+        }
+        for member in gone {
+            self.doom(member, CloseReason::ClientGone);
         }
     }
 
@@ -1018,13 +1054,18 @@ impl Server {
     // ----------------------------------------------------------------------------------
     // Time
 
-    /// Gives a connection a new deadline (its one timer).
+    /// Gives a connection a new deadline. Each connection has one live heap entry: a later
+    /// deadline reuses it (when it fires early, it is re-armed for the real deadline), so a
+    /// heartbeat costs O(log n) once per interval and nothing per message.
     fn set_deadline(&mut self, key: usize, deadline: Instant) {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
         conn.deadline = deadline;
-        self.timers.push(Reverse((deadline, key, conn.id)));
+        if conn.timer_at.is_none_or(|armed| deadline < armed) {
+            conn.timer_at = Some(deadline);
+            self.timers.push(Reverse((deadline, key, conn.id)));
+        }
     }
 
     /// Fires every due timer: connection deadlines, the accept pause, the watchdog, the
@@ -1036,21 +1077,29 @@ impl Server {
                 break;
             }
             self.timers.pop();
-            let current = self
-                .connections
-                .get(key)
-                .is_some_and(|c| c.id == id && c.deadline == at);
-            if current {
+            let Some(conn) = self.connections.get_mut(key) else {
+                continue;
+            };
+            if conn.id != id || conn.timer_at != Some(at) {
+                // Superseded by an earlier entry, or the key now belongs to another client.
+                continue;
+            }
+            conn.timer_at = None;
+            if conn.deadline <= now {
                 self.on_deadline(key);
+            } else {
+                let deadline = conn.deadline;
+                self.set_deadline(key, deadline);
             }
         }
-        // Stale entries pile up when deadlines move; rebuild when they outnumber the live ones.
-        if self.timers.len() > 4 * self.connections.len() + 1024 {
+        // Superseded entries (a deadline moved earlier, a connection gone) are dropped when
+        // they come up; rebuild the heap if they ever outnumber the live ones.
+        if self.timers.len() > 2 * self.connections.len() + 1024 {
             let connections = &self.connections;
             self.timers.retain(|Reverse((at, key, id))| {
                 connections
                     .get(*key)
-                    .is_some_and(|c| c.id == *id && c.deadline == *at)
+                    .is_some_and(|c| c.id == *id && c.timer_at == Some(*at))
             });
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
@@ -1108,10 +1157,18 @@ impl Server {
                 } else if silence >= ping_interval && !pinged {
                     let before = conn.outbound.len();
                     conn.send_ping(&mut self.scratch);
-                    if conn.outbound.is_empty() {
-                        conn.outbound.release_memory();
+                    if before == 0 && !conn.write_blocked {
+                        // A quiet connection: send the ping now and give back the queue's
+                        // memory, so an idle client costs only its connection state.
+                        if let Ok(flushed) = conn.outbound.flush_once(&mut conn.socket) {
+                            self.stats.bytes_sent += flushed.bytes as u64;
+                            conn.write_blocked = flushed.blocked;
+                        }
+                        if conn.outbound.is_empty() {
+                            conn.outbound.release_memory();
+                        }
                     }
-                    self.queued_total += conn.outbound.len() - before;
+                    self.queued_total = self.queued_total + conn.outbound.len() - before;
                     mark_dirty(&mut self.dirty, key, conn);
                     let next = conn.last_heard + idle_timeout;
                     self.set_deadline(key, next);
@@ -1237,13 +1294,12 @@ impl Server {
             self.stats.connections_open -= 1;
             self.stats.close(reason);
             let lived = self.now.saturating_duration_since(conn.opened_at);
-            if let Some(room) = &conn.room_name_for_log {
+            if conn.upgraded {
                 info!(
-                    "conn={} peer={} closed reason={} room={} after={:.3}s",
+                    "conn={} peer={} closed reason={} after={:.3}s",
                     conn.id,
                     conn.peer,
                     reason,
-                    room,
                     lived.as_secs_f64()
                 );
             } else if reason.is_ordinary() {
@@ -1338,6 +1394,18 @@ impl Server {
             uptime: self.now.saturating_duration_since(self.started),
             draining: self.drain_deadline.is_some(),
             extra: self.redis.as_ref().map(redis_metrics).unwrap_or_default(),
+        }
+    }
+}
+
+/// Writes what the socket takes right now, without queueing; returns how many bytes went.
+fn write_now(socket: &mut TcpStream, bytes: &[u8]) -> usize {
+    use std::io::Write;
+    loop {
+        match socket.write(bytes) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return 0,
         }
     }
 }

@@ -360,10 +360,20 @@ impl Stats {
 
     /// The periodic one-line summary; None when nothing happened since `previous`.
     pub fn summary_line(&self, previous: &Stats, gauges: &Gauges) -> Option<String> {
-        let changed = self.connections_accepted != previous.connections_accepted
+        // Plain HTTP (a Prometheus scrape every 15 s, a health check, its keep-alive timing
+        // out) is not activity worth a line, or the line would never be silent.
+        let quiet =
+            |r: &CloseReason| matches!(r, CloseReason::HttpDone | CloseReason::HandshakeTimeout);
+        let closes_changed = CloseReason::ALL
+            .iter()
+            .filter(|r| !quiet(r))
+            .any(|r| self.closed[r.index()] != previous.closed[r.index()]);
+        let changed = self.websockets_open != previous.websockets_open
             || self.messages_received != previous.messages_received
             || self.deliveries != previous.deliveries
-            || self.closed != previous.closed;
+            || self.dropped != previous.dropped
+            || self.refused != previous.refused
+            || closes_changed;
         if !changed {
             return None;
         }
@@ -463,6 +473,17 @@ mod tests {
     fn summary_is_silent_when_nothing_happened() {
         let stats = Stats::default();
         assert_eq!(stats.summary_line(&stats.clone(), &gauges()), None);
+        let mut scraped = stats.clone();
+        scraped.opened();
+        scraped.http_requests += 1;
+        scraped.connections_open -= 1;
+        scraped.close(CloseReason::HttpDone);
+        scraped.close(CloseReason::HandshakeTimeout);
+        assert_eq!(
+            scraped.summary_line(&stats, &gauges()),
+            None,
+            "a scrape is not activity"
+        );
         let mut busier = stats.clone();
         busier.messages_received = 3;
         assert!(

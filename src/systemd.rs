@@ -49,6 +49,26 @@ pub fn take_listener() -> io::Result<Option<TcpListener>> {
             "LISTEN_FDS is set but descriptor 3 is not a socket",
         ));
     }
+    // A socket, but is it listening? (A .socket unit with Accept=yes, or a datagram socket,
+    // would otherwise fail later with a puzzling error.)
+    let mut listening: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `listening`.
+    let ok = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    } == 0;
+    if !ok || listening == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptor 3 is not a listening socket (use ListenStream= with Accept=no)",
+        ));
+    }
     // Close-on-exec, as sd_listen_fds does.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: systemd handed this process descriptor 3 to own; nothing else uses it.

@@ -50,7 +50,11 @@ fn rooms_do_not_see_each_other() {
     let mut default_room = server.client("/");
     wait_for_members(&server, 4);
     lobby_a.send(Message::text("in lobby")).unwrap();
-    assert_eq!(next_text(&mut lobby_b), "in lobby", "/lobby/ is the room /lobby");
+    assert_eq!(
+        next_text(&mut lobby_b),
+        "in lobby",
+        "/lobby/ is the room /lobby"
+    );
     default_room.send(Message::text("in default")).unwrap();
     assert_silent(&mut other, Duration::from_millis(200));
     assert_silent(&mut lobby_b, Duration::from_millis(50));
@@ -63,9 +67,13 @@ fn text_stays_text_and_binary_stays_binary() {
     let mut a = server.client("/");
     let mut b = server.client("/");
     wait_for_members(&server, 2);
-    a.send(Message::binary(vec![0u8, 159, 146, 150, 255])).unwrap();
+    a.send(Message::binary(vec![0u8, 159, 146, 150, 255]))
+        .unwrap();
     a.send(Message::text("ünïcødé ✓")).unwrap();
-    assert_eq!(next_message(&mut b), Message::binary(vec![0u8, 159, 146, 150, 255]));
+    assert_eq!(
+        next_message(&mut b),
+        Message::binary(vec![0u8, 159, 146, 150, 255])
+    );
     assert_eq!(next_message(&mut b), Message::text("ünïcødé ✓"));
 }
 

@@ -104,7 +104,7 @@ options:
   --warmup S          warm-up seconds before measuring (default 1)
   --subs N            fanout/fixed-rate subscribers (default 1000)
   --pubs N            fanout/fixed-rate publishers (default 10)
-  --size BYTES        fanout/fixed-rate message size (default 64, min 40)
+  --size BYTES        fanout/fixed-rate message size (default 64, min 16)
   --window W          fanout messages in flight per publisher (default 32)
   --rate R            fixed-rate messages/s per publisher (default 100)
   --clients N         all-to-all clients (default 100)
@@ -405,6 +405,8 @@ struct Snap {
     at: Instant,
     delivered: u64,
     bytes: u64,
+    reads: u64,
+    writes: u64,
     sent: u64,
     srv_cpu: Duration,
     gen_cpu: Duration,
@@ -415,6 +417,8 @@ fn snap(g: &Gen, t: &Target, sent: u64) -> Snap {
         at: Instant::now(),
         delivered: g.c.delivered,
         bytes: g.c.delivered_bytes,
+        reads: g.c.reads,
+        writes: g.c.writes,
         sent,
         srv_cpu: t.cpu(),
         gen_cpu: stats::self_cpu(),
@@ -434,6 +438,18 @@ fn window_metrics(g: &Gen, a: &Snap, b: &Snap, out: &mut Vec<M>) {
     out.push(m("server CPU ns/delivery", srv * 1e9 / delivered));
     out.push(m("server CPU %", 100.0 * srv / secs));
     out.push(m("generator CPU %", 100.0 * gen_cpu / secs));
+    out.push(m("generator CPU ns/delivery", gen_cpu * 1e9 / delivered));
+    // The generator's cost is mostly the kernel's, per read: this shows the batching.
+    out.push(m(
+        "deliveries per read",
+        delivered / (b.reads - a.reads).max(1) as f64,
+    ));
+    // Each write costs the generator the server's receive path too (loopback runs it in
+    // the sender's context): with few receivers per message, sending weighs.
+    out.push(m(
+        "messages per write",
+        (b.sent - a.sent) as f64 / (b.writes - a.writes).max(1) as f64,
+    ));
 }
 
 fn connect_all(

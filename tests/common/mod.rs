@@ -329,3 +329,325 @@ pub fn wait_for_members(server: &TestServer, n: usize) {
         server.metric("wschat_websockets_open") as usize == n
     });
 }
+
+// ------------------------------------------------------------------------------------------
+// The real binary as a child process (signals, systemd, the stats log).
+
+/// A plain HTTP GET (with `Connection: close`) to any address.
+pub fn http_get(addr: SocketAddr, path: &str) -> HttpReply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    read_reply(&mut stream)
+}
+
+/// One sample's value from a `/metrics` page (name and labels exactly as written).
+pub fn sample_value(page: &str, sample: &str) -> Option<f64> {
+    page.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// The wschat binary running as a child (from [`daemon`] or [`spawn_daemon`]), its stderr
+/// (the log) collected line by line.
+/// Killed on drop if still running.
+pub struct Spawned {
+    pub child: std::process::Child,
+    /// The address from its "listening on ADDR" line (0.0.0.0 replaced by 127.0.0.1).
+    pub addr: SocketAddr,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// A command for the wschat binary with `args`, the systemd variables cleared.
+pub fn daemon_command(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wschat"));
+    command.args(args);
+    for var in [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "PORT",
+        "WSCHAT_REDIS",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// Runs the binary on 127.0.0.1, a free port, with `args` added.
+pub fn daemon(args: &[&str]) -> Spawned {
+    let mut all = vec!["--bind", "127.0.0.1", "--port", "0"];
+    all.extend_from_slice(args);
+    spawn_daemon(daemon_command(&all))
+}
+
+/// Spawns a prepared command and waits for its "listening on ADDR" log line.
+pub fn spawn_daemon(mut command: std::process::Command) -> Spawned {
+    use std::io::BufRead;
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("spawn wschat");
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut daemon = Spawned {
+        child,
+        addr: "127.0.0.1:0".parse().unwrap(),
+        lines,
+    };
+    let line = daemon.wait_for_line("the listening line", |l| l.contains("listening on "));
+    let addr: SocketAddr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    daemon.addr = if addr.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), addr.port())
+    } else {
+        addr
+    };
+    daemon
+}
+
+impl Spawned {
+    /// Every log line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line matching `matches` (looking at every line so far); returns it.
+    pub fn wait_for_line(&mut self, what: &str, mut matches: impl FnMut(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|l| matches(l)) {
+                return line;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "wschat exited ({status}) before {what}; log:\n{}",
+                    self.lines().join("\n")
+                );
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "timed out waiting for {what}; log:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> HttpReply {
+        http_get(self.addr, path)
+    }
+
+    pub fn metric(&self, sample: &str) -> f64 {
+        let page = self.get("/metrics").body_text();
+        sample_value(&page, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{page}"))
+    }
+
+    pub fn client(&self, path: &str) -> Client {
+        let (client, response) =
+            tungstenite::connect(format!("ws://{}{}", self.addr, path)).expect("upgrade succeeds");
+        assert_eq!(response.status(), 101);
+        set_timeout(&client, TIMEOUT);
+        client
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit, at most `within`; None if it is still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if start.elapsed() >= within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The `wschat` binary running in its own process (for what needs a process of its own:
+/// resource limits, RSS). Killed on drop.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// Everything it has logged so far (stderr), collected by a thread.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts the binary on 127.0.0.1 with a free port and `args`; `open_files` sets both
+    /// the soft and hard open-file limits of the child when given. Returns once it listens.
+    pub fn spawn(args: &[&str], open_files: Option<u64>) -> Daemon {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wschat"));
+        command
+            .args(["--bind", "127.0.0.1", "--port", "0", "--no-systemd"])
+            .args(args)
+            .env_remove("PORT")
+            .env_remove("WSCHAT_REDIS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(limit) = open_files {
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("the wschat binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split(" listening on ").nth(1)
+                    && let Some(addr) = rest.split(' ').next()
+                    && let Ok(addr) = addr.parse::<SocketAddr>()
+                {
+                    let _ = tx.send(addr);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the binary did not say where it listens: {}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Daemon { child, addr, log }
+    }
+
+    /// A `TestServer`-like view for the HTTP and WebSocket helpers is not needed often; this
+    /// opens a raw connection with timeouts.
+    pub fn raw(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// One line of `/proc/<pid>/status` as a number (e.g. "VmRSS" in KiB).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        proc_status_kib(self.child.id(), field)
+    }
+
+    /// CPU time (user + system) the process has used, from `/proc/<pid>/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name (which may contain spaces) start after the last ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a constant.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A number from `/proc/<pid>/status` ("VmRSS", "VmHWM", ... in KiB).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Sends one HTTP request on a fresh connection to `addr` and reads the reply.
+pub fn http_to(addr: SocketAddr, request: &str) -> HttpReply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    read_reply(&mut stream)
+}
+
+/// One sample of `/metrics` at `addr` (name and labels as printed).
+pub fn metric_at(addr: SocketAddr, sample: &str) -> f64 {
+    let page = http_to(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .body_text();
+    page.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{page}"))
+}

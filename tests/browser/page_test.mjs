@@ -1,0 +1,170 @@
+// Browser test for the wschat page (static/index.html + chat.js + chat.css).
+// Usage: WSCHAT_URL=http://127.0.0.1:6969 node page_test.mjs   (exit code != 0 on failure)
+// Optional env: CHROMIUM (default /usr/bin/chromium), WSCHAT_SHOTS (screenshot dir),
+//   WSCHAT_STOP_CMD / WSCHAT_START_CMD (shell commands to stop / start the server:
+//   enables the "not connected" + reconnect checks), WSCHAT_STATIC (static dir for the file: check).
+import { chromium } from 'playwright-core';
+import { execSync } from 'node:child_process';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import path from 'node:path';
+import fs from 'node:fs';
+
+const base = process.env.WSCHAT_URL;
+if (!base) { console.error('set WSCHAT_URL, e.g. http://127.0.0.1:6969'); process.exit(2); }
+const here = path.dirname(fileURLToPath(import.meta.url));
+const staticDir = process.env.WSCHAT_STATIC || path.join(here, '..', '..', 'static');
+const shots = process.env.WSCHAT_SHOTS || '';
+const room = '/pagetest-' + Math.random().toString(36).slice(2, 8) + '/sub';
+const roomUrl = new URL(room, base).href;
+
+let failures = 0;
+function check(ok, what) { console.log((ok ? 'ok   ' : 'FAIL ') + what); if (!ok) failures++; }
+const sleep = ms => new Promise(r => setTimeout(r, ms));
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+});
+const timeout = ms => ({ timeout: ms });
+async function open(url, viewport = { width: 1000, height: 700 }, colorScheme = 'light') {
+  const ctx = await browser.newContext({ viewport, colorScheme });
+  const page = await ctx.newPage();
+  page.on('pageerror', e => check(false, 'page error: ' + e.message));
+  await page.goto(url);
+  return page;
+}
+const state = p => p.locator('#state').textContent();
+const connected = p => p.waitForFunction(() => document.getElementById('state').textContent === 'connected', null, timeout(15000));
+const count = (p, kind, text) => p.$$eval('#log li.m.' + kind + ' .body', (els, t) => els.filter(e => e.textContent === t).length, text);
+async function waitCount(p, kind, text, n, ms = 5000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) { if (await count(p, kind, text) >= n) return; await sleep(100); }
+}
+async function sendVia(p, text, how = 'enter') {
+  await p.fill('#msg', text);
+  if (how === 'enter') await p.press('#msg', 'Enter'); else await p.click('#send');
+}
+
+try {
+  const a = await open(roomUrl), b = await open(roomUrl);
+  // Structure: heading, log, box, button; stylesheet loaded from a nested room path.
+  check(await a.locator('h1').count() === 1, 'heading present');
+  check(await a.locator('#log[aria-live]').count() === 1, 'message log with aria-live');
+  check(await a.locator('label[for=msg]').count() === 1 && await a.locator('#msg').count() === 1, 'labelled message box');
+  check(await a.locator('#send').count() === 1, 'send button');
+  check(await a.evaluate(() => getComputedStyle(document.body).display) === 'flex', 'chat.css loaded in nested room');
+  check(await a.locator('#room').textContent() === room, 'room name shown: ' + room);
+  await connected(a); await connected(b);
+  check(true, 'both pages connected');
+
+  // Text from A appears once in B and once (as own) in A, echo mode or not; HTML shown as text.
+  const html = 'hi <b>bold</b> & <img src=x onerror=alert(1)> ' + Date.now();
+  await sendVia(a, html);
+  await waitCount(b, 'other', html, 1);
+  check(await a.inputValue('#msg') === '', 'box cleared after send');
+  check(await a.evaluate(() => document.activeElement.id) === 'msg', 'focus stays in the box');
+  await sleep(1200); // let a possible echo arrive
+  check(await count(a, 'own', html) === 1 && await count(a, 'other', html) === 0, 'sender shows own message exactly once');
+  check(await count(b, 'other', html) === 1, 'receiver shows message exactly once');
+  check(await b.locator('#log b, #log img').count() === 0, 'HTML rendered as text');
+  check(await a.locator('#log li.m.own time').count() >= 1, 'own message has a timestamp');
+
+  // Button send from B, multi-line via Shift+Enter.
+  const m2 = 'from b ' + Date.now();
+  await sendVia(b, m2, 'click');
+  await waitCount(a, 'other', m2, 1);
+  check(await b.evaluate(() => document.activeElement.id) === 'msg', 'focus back in box after clicking Send');
+  await a.fill('#msg', 'line1'); await a.press('#msg', 'Shift+Enter'); await a.type('#msg', 'line2'); await a.press('#msg', 'Enter');
+  await waitCount(b, 'other', 'line1\nline2', 1);
+  await sleep(800);
+  check(await count(b, 'other', m2) === 0 && await count(b, 'own', m2) === 1, 'button send: own once');
+  check(await count(a, 'other', m2) === 1, 'button send: received once');
+  check(await count(b, 'other', 'line1\nline2') === 1 && await count(a, 'own', 'line1\nline2') === 1, 'Shift+Enter newline kept');
+
+  // Same text sent twice in a row shows twice on both sides.
+  await sendVia(a, 'dup'); await sendVia(a, 'dup');
+  await waitCount(b, 'other', 'dup', 2); await sleep(800);
+  check(await count(a, 'own', 'dup') === 2 && await count(a, 'other', 'dup') === 0 && await count(b, 'other', 'dup') === 2, 'repeated text shown twice');
+
+  // Too large (UTF-8 bytes, not characters): refused with a notice, text kept.
+  const big = '€'.repeat(25000); // 75000 bytes, 25000 chars
+  const before = await a.locator('#log li').count();
+  await sendVia(a, big);
+  check((await a.locator('#notice').textContent()).includes('Not sent'), 'oversize message refused with a notice');
+  check(await a.inputValue('#msg') === big && await a.locator('#log li').count() === before, 'oversize text kept, nothing logged');
+  await a.fill('#msg', '');
+
+  // Binary message (sent by a raw socket) shows as a placeholder.
+  await b.evaluate(u => new Promise((res, rej) => {
+    const s = new WebSocket(u); s.onopen = () => { s.send(new Uint8Array(5)); setTimeout(() => { s.close(); res(); }, 300); }; s.onerror = rej;
+  }), roomUrl.replace(/^http/, 'ws'));
+  await sleep(500);
+  const bin = await a.locator('#log li.m .body', { hasText: '[binary message, 5 bytes]' }).count();
+  if (bin === 0) console.log('skip binary placeholder: server did not relay the binary message');
+  else check(bin === 1, 'binary message shown as placeholder');
+
+  // Log stays bounded and follows the newest message; no forced scroll when the user scrolled up.
+  await b.evaluate(u => new Promise((res, rej) => {
+    const s = new WebSocket(u);
+    s.onopen = () => { for (let i = 0; i < 1100; i++) s.send('flood ' + i); setTimeout(() => { s.close(); res(); }, 500); };
+    s.onerror = rej;
+  }), roomUrl.replace(/^http/, 'ws'));
+  await waitCount(a, 'other', 'flood 1099', 1, 10000);
+  const n = await a.locator('#log li').count();
+  check(n <= 1000 && n >= 990, 'log bounded to 1000 nodes (has ' + n + ')');
+  check(await a.evaluate(() => { const l = document.getElementById('log'); return l.scrollHeight - l.scrollTop - l.clientHeight < 5; }), 'log scrolled to newest');
+  await a.evaluate(() => { document.getElementById('log').scrollTop = 0; });
+  const late = 'late ' + Date.now();
+  await sendVia(b, late);
+  await waitCount(a, 'other', late, 1);
+  check(await a.evaluate(() => document.getElementById('log').scrollTop) === 0, 'no auto-scroll when user scrolled up');
+
+  // Screenshots at phone and desktop width (fresh pages with a little conversation).
+  if (shots) {
+    fs.mkdirSync(shots, { recursive: true });
+    const r2 = new URL('/pagetest-shot-' + Date.now(), base).href;
+    const p1 = await open(r2, { width: 390, height: 700 }, 'light');
+    const p2 = await open(r2, { width: 1280, height: 720 }, 'dark');
+    await connected(p1); await connected(p2);
+    await sendVia(p1, 'Hello from the phone!'); await waitCount(p2, 'other', 'Hello from the phone!', 1);
+    await sendVia(p2, 'Hi! <b>this is not bold</b>\nsecond line'); await waitCount(p1, 'other', 'Hi! <b>this is not bold</b>\nsecond line', 1);
+    await sendVia(p1, 'A long message that should wrap nicely on a narrow screen without overflowing sideways: https://example.com/a/very/long/url/that/keeps/going/and/going');
+    await sleep(500);
+    await p1.fill('#msg', 'typing…');
+    await p1.screenshot({ path: path.join(shots, 'phone.png') });
+    await p2.screenshot({ path: path.join(shots, 'desktop.png') });
+    console.log('screenshots in ' + shots);
+  }
+
+  // Opened from a file: falls back to ws://localhost:6969/; refuses to send while not connected.
+  const f = await open(pathToFileURL(path.join(staticDir, 'index.html')).href);
+  await sleep(1500);
+  const fs1 = await state(f);
+  check(/^(connecting…|connected|reconnecting in \d+ s|offline)$/.test(fs1), 'file: page runs, state "' + fs1 + '"');
+  if (fs1 !== 'connected') {
+    await sendVia(f, 'nope');
+    check((await f.locator('#notice').textContent()).includes('not connected') && await f.inputValue('#msg') === 'nope', 'file: not connected -> refused, text kept');
+  }
+
+  // Server stop/start: plain "not connected" refusal, then automatic reconnect.
+  if (process.env.WSCHAT_STOP_CMD && process.env.WSCHAT_START_CMD) {
+    execSync(process.env.WSCHAT_STOP_CMD, { stdio: 'inherit' });
+    await a.waitForFunction(() => /^reconnecting in \d+ s$/.test(document.getElementById('state').textContent), null, timeout(10000));
+    check(true, 'state shows reconnecting after drop: ' + await state(a));
+    await sendVia(a, 'while down');
+    check((await a.locator('#notice').textContent()).includes('not connected') && await a.inputValue('#msg') === 'while down', 'refused while down, text kept');
+    execSync(process.env.WSCHAT_START_CMD, { stdio: 'inherit' });
+    await connected(a); await connected(b);
+    check(true, 'both pages reconnected');
+    await a.press('#msg', 'Enter');
+    await waitCount(b, 'other', 'while down', 1); await sleep(800);
+    check(await count(b, 'other', 'while down') === 1 && await count(a, 'own', 'while down') === 1 && await count(a, 'other', 'while down') === 0, 'message after reconnect delivered once');
+  } else console.log('skip reconnect: set WSCHAT_STOP_CMD and WSCHAT_START_CMD');
+} catch (e) {
+  check(false, 'exception: ' + (e && e.stack || e));
+} finally {
+  await browser.close();
+}
+console.log(failures ? failures + ' failure(s)' : 'all checks passed');
+process.exit(failures ? 1 : 0);
