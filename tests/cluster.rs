@@ -144,3 +144,63 @@ fn stopping_one_node_does_not_disturb_the_other() {
     assert_eq!(next_text(&mut b2), "still here");
     assert_eq!(b.metric("wschat_redis_up"), 1.0);
 }
+
+#[test]
+fn sharded_pub_sub_carries_rooms_between_nodes() {
+    let Some(redis) = RedisServer::start() else { return };
+    let version = redis.cli(&["INFO", "server"]);
+    let major: u32 = version
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .and_then(|v| v.split('.').next()?.parse().ok())
+        .unwrap_or(0);
+    if major < 7 {
+        eprintln!("redis-server {major}.x has no sharded pub/sub: skipping");
+        return;
+    }
+    let sharded = || {
+        start(Config {
+            redis: Some(wschat::redis::RedisUrl::parse(&redis.url()).unwrap()),
+            redis_sharded: true,
+            ..config()
+        })
+    };
+    let a = sharded();
+    let b = sharded();
+    wait_redis_up(&a);
+    wait_redis_up(&b);
+    let mut on_a = a.client("/shard");
+    let mut on_b = b.client("/shard");
+    eventually("both nodes on the shard channel", || {
+        let out = redis.cli(&["PUBSUB", "SHARDNUMSUB", "wschat:room:/shard"]);
+        out.lines().nth(1).unwrap_or("").trim() == "2"
+    });
+    on_a.send(Message::text("sharded hello")).unwrap();
+    assert_eq!(next_text(&mut on_b), "sharded hello");
+    assert_silent(&mut on_a, Duration::from_millis(150));
+}
+
+#[test]
+fn a_password_protected_redis_needs_the_password_in_the_url() {
+    let Some(redis) = RedisServer::start_with_args(&["--requirepass", "s3cret"]) else {
+        return;
+    };
+    let port = redis.port;
+    let with = |url: String| {
+        start(Config {
+            redis: Some(wschat::redis::RedisUrl::parse(&url).unwrap()),
+            ..config()
+        })
+    };
+    let good = with(format!("redis://:s3cret@127.0.0.1:{port}/1"));
+    let bad = with(format!("redis://:wrong@127.0.0.1:{port}"));
+    wait_redis_up(&good);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(bad.metric("wschat_redis_up"), 0.0, "a wrong password never comes up");
+    // The node without Redis still serves its local rooms.
+    let mut x = bad.client("/local");
+    let mut y = bad.client("/local");
+    wait_for_members(&bad, 2);
+    x.send(Message::text("local only")).unwrap();
+    assert_eq!(next_text(&mut y), "local only");
+}
