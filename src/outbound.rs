@@ -359,3 +359,129 @@ impl EncodedFrame {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unmasked server frame: opcode and payload.
+    fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut frame = vec![0x80 | opcode, payload.len() as u8];
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn small(payload: &[u8]) -> EncodedFrame {
+        EncodedFrame::Small(server_frame(0x1, payload))
+    }
+
+    fn drain(queue: &mut Outbound) -> Vec<u8> {
+        let mut out = Vec::new();
+        while !queue.is_empty() {
+            queue.flush_once(&mut out).unwrap();
+        }
+        out
+    }
+
+    /// A writer that takes at most `room` bytes, then would block.
+    struct Narrow {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Narrow {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn drop_newest_refuses_over_budget_and_queues_nothing() {
+        let mut queue = Outbound::default();
+        let frame = small(&[b'a'; 40]); // 42 bytes
+        assert_eq!(queue.offer(&frame, 100, false, false), Offer::Queued);
+        assert_eq!(queue.offer(&frame, 100, false, false), Offer::Queued);
+        assert_eq!(queue.offer(&frame, 100, false, false), Offer::Dropped);
+        assert_eq!(queue.len(), 84);
+    }
+
+    #[test]
+    fn close_policy_reports_over_budget() {
+        let mut queue = Outbound::default();
+        let frame = small(&[b'a'; 40]);
+        queue.offer(&frame, 100, false, true);
+        queue.offer(&frame, 100, false, true);
+        assert_eq!(queue.offer(&frame, 100, false, true), Offer::OverBudget);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_control_frames_and_the_newest_messages_whole() {
+        let mut queue = Outbound::default();
+        queue.offer(&small(b"one"), 1000, true, false);
+        queue.push_copy(&server_frame(0x9, b"ping"));
+        queue.offer(&small(b"two"), 1000, true, false);
+        queue.push_shared(Bytes::from(server_frame(0x2, &[7; 100])));
+        queue.push_copy(&server_frame(0x8, &[3, 232]));
+        let dropped = queue.drop_unstarted_messages(0);
+        assert_eq!(dropped, 3);
+        let expected = [server_frame(0x9, b"ping"), server_frame(0x8, &[3, 232])].concat();
+        assert_eq!(queue.len(), expected.len());
+        assert_eq!(drain(&mut queue), expected);
+    }
+
+    #[test]
+    fn drop_oldest_spares_a_frame_already_half_written() {
+        let mut queue = Outbound::default();
+        queue.offer(&small(b"first message"), 1000, true, false);
+        queue.offer(&small(b"second"), 1000, true, false);
+        let mut socket = Narrow {
+            taken: Vec::new(),
+            room: 5,
+        };
+        let flushed = queue.flush_once(&mut socket).unwrap();
+        assert!(flushed.blocked);
+        assert_eq!(queue.drop_unstarted_messages(0), 1);
+        socket.room = usize::MAX;
+        while !queue.is_empty() {
+            queue.flush_once(&mut socket).unwrap();
+        }
+        assert_eq!(socket.taken, server_frame(0x1, b"first message"));
+    }
+
+    #[test]
+    fn drop_oldest_makes_room_for_the_newest() {
+        let mut queue = Outbound::default();
+        for i in 0..10u8 {
+            let outcome = queue.offer(&small(&[i; 20]), 100, true, false);
+            assert!(matches!(
+                outcome,
+                Offer::Queued | Offer::QueuedAfterDropping(_)
+            ));
+            assert!(queue.len() <= 100);
+        }
+        // The newest is last, and every frame in the queue is whole.
+        let bytes = drain(&mut queue);
+        assert_eq!(bytes.len() % 22, 0);
+        assert_eq!(&bytes[bytes.len() - 22..], server_frame(0x1, &[9; 20]));
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_budget_is_dropped_under_every_policy() {
+        let frame = small(&[0; 120]);
+        for (oldest, close) in [(false, false), (true, false), (false, true)] {
+            let mut queue = Outbound::default();
+            assert_eq!(queue.offer(&frame, 100, oldest, close), Offer::Dropped);
+        }
+    }
+}

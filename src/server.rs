@@ -356,13 +356,13 @@ impl Server {
         if !self.owed_reads.is_empty() {
             return Some(Duration::ZERO);
         }
-        // Entries of connections that are gone or whose deadline moved would wake the loop
-        // for nothing (an idle server would wake after its last client): discard them now.
+        // Superseded entries (a connection gone, an earlier entry armed) would wake the loop
+        // for nothing, and an idle server after its last client: discard them now.
         while let Some(&Reverse((at, key, id))) = self.timers.peek()
             && !self
                 .connections
                 .get(key)
-                .is_some_and(|c| c.id == id && c.deadline == at)
+                .is_some_and(|c| c.id == id && c.timer_at == Some(at))
         {
             self.timers.pop();
         }
@@ -927,9 +927,13 @@ impl Server {
         };
         let frame = encode_frame(opcode, payload);
         if self.config.history > 0 {
-            // An owned copy: the payload may share the sender's read buffer.
-            self.rooms
-                .remember(room, Bytes::copy_from_slice(frame.bytes()));
+            // The encoded frame is a fresh buffer, never a slice of the sender's read buffer,
+            // so keeping it pins nothing else.
+            let kept = match &frame {
+                EncodedFrame::Large(shared) => shared.clone(),
+                EncodedFrame::Small(bytes) => Bytes::copy_from_slice(bytes),
+            };
+            self.rooms.remember(room, kept);
         }
         let Server {
             rooms,
@@ -1194,10 +1198,18 @@ impl Server {
         if self.queued_total <= limit {
             return;
         }
+        // This pass queued its fan-out before any flush: judge by the bytes the sockets
+        // refuse, not by a burst fast readers are about to take.
+        self.flush_dirty();
+        if self.queued_total <= limit {
+            return;
+        }
         let mut largest: Vec<(usize, usize)> = self
             .connections
             .iter()
-            .filter(|(_, c)| c.accepts_messages() && !c.outbound.is_empty())
+            .filter(|(_, c)| {
+                c.accepts_messages() && !c.outbound.is_empty() && c.close_reason.is_none()
+            })
             .map(|(key, c)| (c.outbound.len(), key))
             .collect();
         largest.sort_unstable_by(|a, b| b.cmp(a));

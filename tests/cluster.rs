@@ -147,7 +147,9 @@ fn stopping_one_node_does_not_disturb_the_other() {
 
 #[test]
 fn sharded_pub_sub_carries_rooms_between_nodes() {
-    let Some(redis) = RedisServer::start() else { return };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let version = redis.cli(&["INFO", "server"]);
     let major: u32 = version
         .lines()
@@ -196,7 +198,11 @@ fn a_password_protected_redis_needs_the_password_in_the_url() {
     let bad = with(format!("redis://:wrong@127.0.0.1:{port}"));
     wait_redis_up(&good);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(bad.metric("wschat_redis_up"), 0.0, "a wrong password never comes up");
+    assert_eq!(
+        bad.metric("wschat_redis_up"),
+        0.0,
+        "a wrong password never comes up"
+    );
     // The node without Redis still serves its local rooms.
     let mut x = bad.client("/local");
     let mut y = bad.client("/local");

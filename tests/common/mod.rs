@@ -515,9 +515,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the binary on 127.0.0.1 with a free port and `args`; `open_files` sets both
-    /// the soft and hard open-file limits of the child when given. Returns once it listens.
-    pub fn spawn(args: &[&str], open_files: Option<u64>) -> Daemon {
+    /// Starts the binary on 127.0.0.1 with a free port and `args`; `open_files` sets the
+    /// (soft, hard) open-file limits of the child when given. Returns once it listens.
+    pub fn spawn(args: &[&str], open_files: Option<(u64, u64)>) -> Daemon {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wschat"));
@@ -528,13 +528,13 @@ impl Daemon {
             .env_remove("WSCHAT_REDIS")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        if let Some(limit) = open_files {
+        if let Some((soft, hard)) = open_files {
             // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
             unsafe {
                 command.pre_exec(move || {
                     let rlimit = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
+                        rlim_cur: soft,
+                        rlim_max: hard,
                     };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
                         return Err(std::io::Error::last_os_error());
