@@ -440,9 +440,7 @@ impl Server {
         self.set_deadline(key, deadline);
         self.stats.opened();
         trace!("conn={id} peer={peer} accepted");
-        // The request may already be here; with edge-triggered readiness its event may have
-        // fired before registration completed, so read now.
-        self.read_connection(key);
+        // No read here: registering reports a request that is already waiting as an event.
     }
 
     // ----------------------------------------------------------------------------------
@@ -484,7 +482,12 @@ impl Server {
             Phase::Closing { .. } => self.progress_closing(key),
         }
         if let Some(conn) = self.connections.get_mut(key) {
-            if conn.read_owed {
+            // An HTTP connection with a response still queued reads on only after the flush
+            // (flush_dirty puts it back), so a client that pipelines without reading cannot
+            // make the loop spin.
+            let waits_for_flush =
+                matches!(conn.phase, Phase::Http { .. }) && !conn.outbound.is_empty();
+            if conn.read_owed && !waits_for_flush {
                 self.owed_reads.push(key);
             }
             if !conn.outbound.is_empty() {
@@ -497,6 +500,12 @@ impl Server {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
+        if !conn.outbound.is_empty() {
+            // Bounded pipelining: the next request stays in the socket until the response to
+            // the last one has gone.
+            conn.read_owed = true;
+            return;
+        }
         // Hold at most a head's worth plus one read of what follows it.
         let limit = MAX_HEAD_SIZE + crate::connection::READ_SCRATCH_SIZE;
         let open = match conn.read_http(&mut self.scratch, limit, self.now) {

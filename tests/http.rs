@@ -253,3 +253,21 @@ fn a_static_dir_is_served_and_cannot_be_escaped() {
     let _ = std::fs::remove_file(secret);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_client_that_pipelines_without_reading_does_not_make_the_loop_spin() {
+    let server = start_default();
+    let mut greedy = server.raw();
+    // Far more responses than the socket buffers hold, and never a read.
+    let request = "GET /chat.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    greedy.set_nonblocking(true).unwrap();
+    let _ = greedy.write(request.as_bytes());
+    std::thread::sleep(Duration::from_millis(200));
+    let before = server.metric("wschat_loop_iterations_total");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = server.metric("wschat_loop_iterations_total");
+    // Each scrape is a few passes; a spinning loop makes tens of thousands.
+    assert!(after - before < 50.0, "{} passes in 0.5 s", after - before);
+    // Others are still served.
+    assert_eq!(server.get("/healthz").status, 200);
+}
