@@ -968,7 +968,10 @@ impl Server {
             let Some(recipient) = connections.get_mut(member) else {
                 continue;
             };
-            if !recipient.accepts_messages() {
+            // A member that is closing has left its room already; a close deferred to the end
+            // of this pass (slow) is marked here. Checked on the connection itself, not on
+            // tungstenite's state behind a pointer: this loop runs once per delivery.
+            if recipient.close_reason.is_some() {
                 continue;
             }
             // The budget counts bytes the socket would not take, not what this pass queued
