@@ -32,7 +32,7 @@ use crate::http::{self, Head, HttpError, Method, Request, ResponseHead, Route, S
 use crate::outbound::{EncodedFrame, Offer, SHARE_THRESHOLD};
 use crate::redis::{Incoming, LinkState, MessageKind, RedisConfig, RedisLink};
 use crate::room::{HistoryLimits, Rooms};
-use crate::stats::{DropReason, Gauges, Refusal, Stats};
+use crate::stats::{DropReason, Gauges, MetricsPage, Refusal, Stats};
 use crate::systemd::{self, Notifier};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -556,7 +556,6 @@ impl Server {
                     head.drain(..len);
                     let upgraded = self.serve_request(key, request, peer_done);
                     if upgraded {
-                        self.read_websocket(key);
                         return;
                     }
                 }
@@ -791,6 +790,9 @@ impl Server {
             self.queued_total += response.len() - sent;
             conn.outbound.push_opaque(response[sent..].to_vec());
         }
+        // The socket was read to WouldBlock already: only frames that came with the head
+        // need reading now (one read per connection saved at connection storms).
+        let frames_waiting = !rest.is_empty();
         conn.upgrade(rest, self.websocket_config, joined.room, joined.slot);
         // Late joiners get the room's recent messages before any live traffic.
         if let Some(room_entry) = self.rooms.get(joined.room) {
@@ -806,6 +808,9 @@ impl Server {
         self.stats.websockets_open += 1;
         let deadline = self.now + self.config.ping_interval;
         self.set_deadline(key, deadline);
+        if frames_waiting {
+            self.read_websocket(key);
+        }
         true
     }
 
@@ -1436,71 +1441,66 @@ fn write_now(socket: &mut TcpStream, bytes: &[u8]) -> usize {
 
 /// The Redis link's lines for `/metrics`.
 fn redis_metrics(link: &RedisLink) -> String {
-    use std::fmt::Write as _;
     let stats = link.stats();
-    let mut out = String::new();
-    let up = matches!(link.state(), LinkState::Up) as u8;
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP wschat_redis_{name} {help}");
-        let _ = writeln!(out, "# TYPE wschat_redis_{name} {kind}");
-        let _ = writeln!(out, "wschat_redis_{name} {value}");
-    };
-    metric("up", "gauge", "1 while the Redis link is up.", up as u64);
-    metric(
-        "published_total",
-        "counter",
+    let mut page = MetricsPage::default();
+    let (g, c) = ("gauge", "counter");
+    let up = u8::from(matches!(link.state(), LinkState::Up));
+    page.single("wschat_redis_up", g, "1 while the Redis link is up.", up);
+    page.single(
+        "wschat_redis_published_total",
+        c,
         "Messages published to Redis and acknowledged.",
         stats.published,
     );
-    metric(
-        "publish_dropped_total",
-        "counter",
+    page.single(
+        "wschat_redis_publish_dropped_total",
+        c,
         "Messages not published: link down, queue full or too large.",
         stats.publish_dropped,
     );
-    metric(
-        "publish_lost_total",
-        "counter",
+    page.single(
+        "wschat_redis_publish_lost_total",
+        c,
         "Messages in flight when the link failed.",
         stats.publish_lost,
     );
-    metric(
-        "received_total",
-        "counter",
+    page.single(
+        "wschat_redis_received_total",
+        c,
         "Messages received from other nodes.",
         stats.received,
     );
-    metric(
-        "received_own_total",
-        "counter",
+    page.single(
+        "wschat_redis_received_own_total",
+        c,
         "This node's own messages seen on a channel and skipped.",
         stats.received_own_skipped,
     );
-    metric(
-        "received_malformed_total",
-        "counter",
+    page.single(
+        "wschat_redis_received_malformed_total",
+        c,
         "Channel messages that were not wschat envelopes.",
         stats.received_malformed,
     );
-    metric(
-        "reconnects_total",
-        "counter",
+    page.single(
+        "wschat_redis_reconnects_total",
+        c,
         "Times the link came back after being up.",
         stats.reconnects,
     );
-    metric(
-        "subscribed_rooms",
-        "gauge",
+    page.single(
+        "wschat_redis_subscribed_rooms",
+        g,
         "Rooms this node is subscribed to.",
-        link.subscribed_rooms() as u64,
+        link.subscribed_rooms(),
     );
-    metric(
-        "queued_bytes",
-        "gauge",
+    page.single(
+        "wschat_redis_queued_bytes",
+        g,
         "Publish bytes not yet written to Redis.",
-        link.queued_bytes() as u64,
+        link.queued_bytes(),
     );
-    out
+    page.finish()
 }
 
 /// An HTTP connection waiting for its next request, with nothing half-read or unsent.

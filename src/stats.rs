@@ -86,7 +86,8 @@ pub struct Stats {
     pub http_requests: u64,
     pub accept_errors: u64,
     pub loop_iterations: u64,
-    loop_buckets: [u64; LOOP_BUCKETS.len()],
+    /// Per-bucket counts; the last counts passes longer than every bound.
+    loop_buckets: [u64; LOOP_BUCKETS.len() + 1],
     loop_seconds_sum: f64,
 }
 
@@ -120,9 +121,11 @@ impl Stats {
         self.loop_iterations += 1;
         let seconds = took.as_secs_f64();
         self.loop_seconds_sum += seconds;
-        if let Some(bucket) = LOOP_BUCKETS.iter().position(|&b| seconds <= b) {
-            self.loop_buckets[bucket] += 1;
-        }
+        let bucket = LOOP_BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(LOOP_BUCKETS.len());
+        self.loop_buckets[bucket] += 1;
     }
 
     pub fn opened(&mut self) {
@@ -133,227 +136,169 @@ impl Stats {
 
     /// The Prometheus text exposition format, version 0.0.4.
     pub fn render(&self, gauges: &Gauges) -> String {
-        let mut out = String::with_capacity(4096);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            let _ = writeln!(out, "# HELP wschat_{name} {help}");
-            let _ = writeln!(out, "# TYPE wschat_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "wschat_{name}{labels} {value}");
-            }
-        };
-        let one = |v: f64| [("", v)];
-        metric(
-            "connections_open",
-            "gauge",
+        let mut page = MetricsPage::default();
+        let g = "gauge";
+        let c = "counter";
+        page.single(
+            "wschat_connections_open",
+            g,
             "TCP connections open now (HTTP and WebSocket).",
-            &one(self.connections_open as f64),
+            self.connections_open,
         );
-        metric(
-            "websockets_open",
-            "gauge",
+        page.single(
+            "wschat_websockets_open",
+            g,
             "WebSocket connections open now.",
-            &one(self.websockets_open as f64),
+            self.websockets_open,
         );
-        metric(
-            "connections_peak",
-            "gauge",
+        page.single(
+            "wschat_connections_peak",
+            g,
             "Most connections open at once since start.",
-            &one(self.connections_peak as f64),
+            self.connections_peak,
         );
-        metric(
-            "connections_max",
-            "gauge",
+        page.single(
+            "wschat_connections_max",
+            g,
             "The WebSocket connection cap.",
-            &one(gauges.max_connections as f64),
+            gauges.max_connections,
         );
-        metric(
-            "connections_accepted_total",
-            "counter",
+        page.single(
+            "wschat_connections_accepted_total",
+            c,
             "TCP connections accepted.",
-            &one(self.connections_accepted as f64),
+            self.connections_accepted,
         );
-        let refused: Vec<(String, f64)> = Refusal::ALL
-            .iter()
-            .map(|r| {
-                (
-                    format!("{{reason=\"{}\"}}", r.label()),
-                    self.refused[*r as usize] as f64,
-                )
-            })
-            .collect();
-        let refused: Vec<(&str, f64)> = refused.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric(
-            "connections_refused_total",
-            "counter",
+        page.by_reason(
+            "wschat_connections_refused_total",
             "Upgrades refused before the WebSocket began, by reason.",
-            &refused,
+            Refusal::ALL
+                .iter()
+                .map(|r| (r.label(), self.refused[*r as usize])),
         );
-        let closed: Vec<(String, f64)> = CloseReason::ALL
-            .iter()
-            .map(|r| {
-                (
-                    format!("{{reason=\"{}\"}}", r.label()),
-                    self.closed[r.index()] as f64,
-                )
-            })
-            .collect();
-        let closed: Vec<(&str, f64)> = closed.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric(
-            "connections_closed_total",
-            "counter",
+        page.by_reason(
+            "wschat_connections_closed_total",
             "Connections closed, by reason.",
-            &closed,
+            CloseReason::ALL
+                .iter()
+                .map(|r| (r.label(), self.closed[r.index()])),
         );
-        metric(
-            "rooms_open",
-            "gauge",
+        page.single(
+            "wschat_rooms_open",
+            g,
             "Rooms with members.",
-            &one(gauges.rooms_open as f64),
+            gauges.rooms_open,
         );
-        metric(
-            "rooms_dormant",
-            "gauge",
+        page.single(
+            "wschat_rooms_dormant",
+            g,
             "Rooms without members that keep history.",
-            &one(gauges.rooms_dormant as f64),
+            gauges.rooms_dormant,
         );
-        metric(
-            "messages_received_total",
-            "counter",
+        page.single(
+            "wschat_messages_received_total",
+            c,
             "Text and binary messages received from clients.",
-            &one(self.messages_received as f64),
+            self.messages_received,
         );
-        metric(
-            "received_bytes_total",
-            "counter",
+        page.single(
+            "wschat_received_bytes_total",
+            c,
             "Bytes read from client sockets.",
-            &one(self.bytes_received as f64),
+            self.bytes_received,
         );
-        metric(
-            "deliveries_total",
-            "counter",
+        page.single(
+            "wschat_deliveries_total",
+            c,
             "Messages queued to a recipient.",
-            &one(self.deliveries as f64),
+            self.deliveries,
         );
-        metric(
-            "sent_bytes_total",
-            "counter",
+        page.single(
+            "wschat_sent_bytes_total",
+            c,
             "Bytes written to client sockets.",
-            &one(self.bytes_sent as f64),
+            self.bytes_sent,
         );
-        let dropped: Vec<(String, f64)> = DropReason::ALL
-            .iter()
-            .map(|d| {
-                (
-                    format!("{{reason=\"{}\"}}", d.label()),
-                    self.dropped[*d as usize] as f64,
-                )
-            })
-            .collect();
-        let dropped: Vec<(&str, f64)> = dropped.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric(
-            "messages_dropped_total",
-            "counter",
+        page.by_reason(
+            "wschat_messages_dropped_total",
             "Deliveries dropped, by reason.",
-            &dropped,
+            DropReason::ALL
+                .iter()
+                .map(|d| (d.label(), self.dropped[*d as usize])),
         );
-        metric(
-            "slow_client_closes_total",
-            "counter",
+        page.single(
+            "wschat_slow_client_closes_total",
+            c,
             "Connections closed for exceeding the outbound budget.",
-            &one(self.slow_client_closes as f64),
+            self.slow_client_closes,
         );
-        metric(
-            "outbound_queued_bytes",
-            "gauge",
+        page.single(
+            "wschat_outbound_queued_bytes",
+            g,
             "Bytes queued for clients now, all connections.",
-            &one(gauges.outbound_bytes as f64),
+            gauges.outbound_bytes,
         );
-        metric(
-            "outbound_queued_largest_bytes",
-            "gauge",
+        page.single(
+            "wschat_outbound_queued_largest_bytes",
+            g,
             "Bytes queued for the most backed-up connection.",
-            &one(gauges.outbound_largest as f64),
+            gauges.outbound_largest,
         );
-        metric(
-            "http_requests_total",
-            "counter",
+        page.single(
+            "wschat_http_requests_total",
+            c,
             "Plain HTTP requests answered.",
-            &one(self.http_requests as f64),
+            self.http_requests,
         );
-        metric(
-            "accept_errors_total",
-            "counter",
+        page.single(
+            "wschat_accept_errors_total",
+            c,
             "accept() failures (EMFILE and the like).",
-            &one(self.accept_errors as f64),
+            self.accept_errors,
         );
-        metric(
-            "loop_iterations_total",
-            "counter",
+        page.single(
+            "wschat_loop_iterations_total",
+            c,
             "Passes of the event loop.",
-            &one(self.loop_iterations as f64),
+            self.loop_iterations,
         );
-        let _ = writeln!(
-            out,
-            "# HELP wschat_loop_iteration_seconds Time spent handling one batch of events."
-        );
-        let _ = writeln!(out, "# TYPE wschat_loop_iteration_seconds histogram");
-        let mut cumulative = 0;
-        for (bound, count) in LOOP_BUCKETS.iter().zip(self.loop_buckets.iter()) {
-            cumulative += count;
-            let _ = writeln!(
-                out,
-                "wschat_loop_iteration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "wschat_loop_iteration_seconds_bucket{{le=\"+Inf\"}} {}",
-            self.loop_iterations
-        );
-        let _ = writeln!(
-            out,
-            "wschat_loop_iteration_seconds_sum {}",
-            self.loop_seconds_sum
-        );
-        let _ = writeln!(
-            out,
-            "wschat_loop_iteration_seconds_count {}",
-            self.loop_iterations
+        page.histogram(
+            "wschat_loop_iteration_seconds",
+            "Time spent handling one batch of events.",
+            &LOOP_BUCKETS,
+            &self.loop_buckets,
+            self.loop_seconds_sum,
         );
         let process = ProcessInfo::read();
-        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {value}");
-        };
         if let Some(rss) = process.resident_bytes {
-            metric(
+            page.single(
                 "process_resident_memory_bytes",
-                "gauge",
+                g,
                 "Resident memory size in bytes.",
-                rss as f64,
+                rss,
             );
         }
         if let Some(fds) = process.open_fds {
-            metric(
+            page.single(
                 "process_open_fds",
-                "gauge",
+                g,
                 "Number of open file descriptors.",
-                fds as f64,
+                fds,
             );
         }
-        metric(
+        page.single(
             "wschat_uptime_seconds",
-            "gauge",
+            g,
             "Seconds since the server started.",
             gauges.uptime.as_secs_f64(),
         );
-        metric(
+        page.single(
             "wschat_draining",
-            "gauge",
+            g,
             "1 while shutting down.",
-            if gauges.draining { 1.0 } else { 0.0 },
+            u8::from(gauges.draining),
         );
+        let mut out = page.finish();
         out.push_str(&gauges.extra);
         out
     }
@@ -390,6 +335,58 @@ impl Stats {
             gauges.outbound_bytes,
             ProcessInfo::read().resident_bytes.unwrap_or(0) / 1024,
         ))
+    }
+}
+
+/// Writes metric families in the text exposition format: `# HELP` and `# TYPE`, then the
+/// samples, in one pass into one string.
+#[derive(Default)]
+pub struct MetricsPage {
+    out: String,
+}
+
+impl MetricsPage {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// A family with one unlabelled sample.
+    pub fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.header(name, kind, help);
+        let _ = writeln!(self.out, "{name} {value}");
+    }
+
+    /// A counter family with one sample per `reason` label.
+    pub fn by_reason<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        self.header(name, "counter", help);
+        for (reason, value) in samples {
+            let _ = writeln!(self.out, "{name}{{reason=\"{reason}\"}} {value}");
+        }
+    }
+
+    /// A histogram from per-bucket (not cumulative) counts: one per bound, then one for
+    /// everything above the last bound.
+    pub fn histogram(&mut self, name: &str, help: &str, bounds: &[f64], counts: &[u64], sum: f64) {
+        self.header(name, "histogram", help);
+        let mut cumulative = 0;
+        for (bound, count) in bounds.iter().zip(counts) {
+            cumulative += count;
+            let _ = writeln!(self.out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += counts.get(bounds.len()).copied().unwrap_or(0);
+        let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(self.out, "{name}_sum {sum}");
+        let _ = writeln!(self.out, "{name}_count {cumulative}");
+    }
+
+    pub fn finish(self) -> String {
+        self.out
     }
 }
 

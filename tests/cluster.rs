@@ -20,6 +20,14 @@ fn wait_redis_up(server: &TestServer) {
     eventually("redis link up", || server.metric("wschat_redis_up") == 1.0);
 }
 
+/// Two nodes on one Redis, both linked up.
+fn two_nodes(redis: &RedisServer) -> (TestServer, TestServer) {
+    let (a, b) = (node(redis), node(redis));
+    wait_redis_up(&a);
+    wait_redis_up(&b);
+    (a, b)
+}
+
 /// Subscribers on a channel as Redis counts them.
 fn numsub(redis: &RedisServer, room: &str) -> String {
     let out = redis.cli(&["PUBSUB", "NUMSUB", &format!("wschat:room:{room}")]);
@@ -31,10 +39,7 @@ fn clients_on_two_nodes_share_a_room_and_only_that_room() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let a = node(&redis);
-    let b = node(&redis);
-    wait_redis_up(&a);
-    wait_redis_up(&b);
+    let (a, b) = two_nodes(&redis);
     let mut on_a = a.client("/lobby");
     let mut on_b = b.client("/lobby");
     let mut elsewhere_b = b.client("/other");
@@ -62,10 +67,7 @@ fn a_node_without_members_in_a_room_receives_none_of_its_traffic() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let a = node(&redis);
-    let b = node(&redis);
-    wait_redis_up(&a);
-    wait_redis_up(&b);
+    let (a, b) = two_nodes(&redis);
     let mut talker = a.client("/busy");
     let mut listener = a.client("/busy");
     let _bystander = b.client("/quiet");
@@ -94,10 +96,7 @@ fn a_redis_restart_is_survived_and_traffic_resumes() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let a = node(&redis);
-    let b = node(&redis);
-    wait_redis_up(&a);
-    wait_redis_up(&b);
+    let (a, b) = two_nodes(&redis);
     let mut on_a = a.client("/r");
     let mut on_b = b.client("/r");
     let mut local_a = a.client("/r");
@@ -130,10 +129,7 @@ fn stopping_one_node_does_not_disturb_the_other() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let a = node(&redis);
-    let b = node(&redis);
-    wait_redis_up(&a);
-    wait_redis_up(&b);
+    let (a, b) = two_nodes(&redis);
     let _on_a = a.client("/s");
     let mut b1 = b.client("/s");
     let mut b2 = b.client("/s");

@@ -232,6 +232,9 @@ fn m(name: &'static str, v: f64) -> M {
 
 type RunResult = Result<Vec<M>, String>;
 
+/// One server's runs of one scenario: its name, each run's metrics, failed runs.
+type Slot = (String, Vec<Vec<M>>, usize);
+
 fn main() {
     let cfg = match parse_args() {
         Ok(c) => c,
@@ -481,7 +484,26 @@ fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
         g.conns[i].pub_id = Some(k as u32);
     }
     let probe = subs.end - 1;
-    // Let every join land before the first message (for cross-node, the bus).
+    // Cross-node: every node must have subscribed the room's channel (node A too: its
+    // publishers are members), or the first messages would reach nobody on node B.
+    if let Some(bus) = &t.bus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = bus.subscribers();
+            if n == Some(bus.nodes.len() as i64) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "channel {} has {n:?} subscribers after 10 s, want {}",
+                    bus.channel,
+                    bus.nodes.len()
+                ));
+            }
+            g.run_until(Instant::now() + Duration::from_millis(50), |_| false);
+        }
+    }
+    // Let every join land before the first message.
     g.run_until(Instant::now() + Duration::from_millis(300), |_| false);
     let receivers = (p.subs + p.pubs - 1) as u64;
 
@@ -723,8 +745,10 @@ fn many_conns(t: &mut Target, cfg: &Cfg) -> RunResult {
 }
 
 /// Publishers on node A, subscribers on node B, one redis-server between them;
-/// next to the same fan-out on one node. Skipped without redis-server or a
-/// wschat that accepts --redis.
+/// next to the same load on one node. Two loads, as on one node: fan-out
+/// (saturation, window per publisher) for throughput, and the fixed-rate settings
+/// for latency under a given load. Skipped without redis-server or a wschat that
+/// accepts --redis.
 fn cross_node(cfg: &Cfg) {
     println!("\n== cross-node ==");
     let Some(redis) = server::on_path("redis-server") else {
@@ -742,69 +766,137 @@ fn cross_node(cfg: &Cfg) {
         return;
     }
     println!(
-        "{}; server CPU summed over both nodes and redis",
-        describe(Scenario::Fanout, cfg)
+        "publishers on node A, subscribers on node B, one redis-server ({}); redis and both \
+         nodes share CPU 0, server CPU is their sum; each 2-node run starts a fresh redis and \
+         fresh nodes",
+        redis.display()
     );
     let runs = cfg.runs.unwrap_or(5);
-    let mut results: Vec<(String, Vec<Vec<M>>, usize)> = vec![
-        ("wschat (1 node)".into(), Vec::new(), 0),
-        ("wschat (2 nodes)".into(), Vec::new(), 0),
+    let loads: [(&str, FanParams); 2] = [
+        ("fan-out (saturation)", FanParams::fanout(cfg)),
+        ("fixed rate", FanParams::fixed_rate(cfg)),
     ];
+    let mut results: Vec<Vec<Slot>> = loads
+        .iter()
+        .map(|_| {
+            vec![
+                ("wschat (1 node)".to_string(), Vec::new(), 0),
+                ("wschat (2 nodes)".to_string(), Vec::new(), 0),
+            ]
+        })
+        .collect();
     for run in 0..runs {
-        let one = (|| {
-            let opts = Options {
-                echo: false,
-                max_connections: None,
-                extra: Vec::new(),
-            };
-            let mut t = Target::single(ServerProc::start(
-                Kind::Wschat,
-                &opts,
-                &cfg.log_dir,
-                &format!("cross1-{run}"),
-            )?);
-            fanout(&mut t, &FanParams::fanout(cfg))
-        })();
-        record(&mut results[0], "wschat (1 node)", run, one);
-        let two = (|| {
-            let port = server::free_port().map_err(|e| e.to_string())?;
-            let mut cmd = std::process::Command::new(&redis);
-            cmd.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]);
-            let r = ServerProc::spawn(
-                cmd,
-                "redis",
-                port,
-                &cfg.log_dir,
-                &format!("cross-{run}"),
-                false,
-            )?;
-            let url = format!("redis://127.0.0.1:{port}");
-            let opts = Options {
-                echo: false,
-                max_connections: None,
-                extra: vec!["--redis".into(), url],
-            };
-            let a = ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &format!("crossA-{run}"))?;
-            let b = ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &format!("crossB-{run}"))?;
-            let mut t = Target {
-                pub_addr: a.addr,
-                sub_addr: b.addr,
-                procs: vec![r, a, b],
-            };
-            fanout(&mut t, &FanParams::fanout(cfg))
-        })();
-        record(&mut results[1], "wschat (2 nodes)", run, two);
+        for (li, (lname, p)) in loads.iter().enumerate() {
+            let key = if p.rate.is_some() { "rate" } else { "fan" };
+            let one = (|| {
+                let opts = Options {
+                    echo: false,
+                    max_connections: None,
+                    extra: Vec::new(),
+                };
+                let mut t = Target::single(ServerProc::start(
+                    Kind::Wschat,
+                    &opts,
+                    &cfg.log_dir,
+                    &format!("cross1-{key}-{run}"),
+                )?);
+                fanout(&mut t, p)
+            })();
+            record(
+                &mut results[li][0],
+                &format!("{lname}, wschat (1 node)"),
+                run,
+                one,
+            );
+            let two = cross_run(cfg, &redis, p, &format!("{key}-{run}"));
+            record(
+                &mut results[li][1],
+                &format!("{lname}, wschat (2 nodes)"),
+                run,
+                two,
+            );
+        }
     }
-    report(&results);
+    for (li, (lname, p)) in loads.iter().enumerate() {
+        let sc = if p.rate.is_some() {
+            Scenario::FixedRate
+        } else {
+            Scenario::Fanout
+        };
+        println!("\n-- cross-node, {lname}: {}", describe(sc, cfg));
+        report(&results[li]);
+    }
+}
+
+/// One 2-node run: a fresh redis-server, nodes A (publishers) and B (subscribers)
+/// linked to it, the load, then the nodes' Redis counters.
+fn cross_run(cfg: &Cfg, redis: &Path, p: &FanParams, tag: &str) -> RunResult {
+    let port = server::free_port().map_err(|e| e.to_string())?;
+    let mut cmd = std::process::Command::new(redis);
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    let r = ServerProc::spawn(
+        cmd,
+        "redis",
+        port,
+        &cfg.log_dir,
+        &format!("cross-{tag}"),
+        false,
+    )?;
+    let url = format!("redis://127.0.0.1:{port}");
+    let opts = Options {
+        echo: false,
+        max_connections: None,
+        extra: vec!["--redis".into(), url],
+    };
+    let a = ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &format!("crossA-{tag}"))?;
+    let b = ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &format!("crossB-{tag}"))?;
+    let bus = server::Bus {
+        redis: r.addr,
+        channel: format!("wschat:room:/{ROOM}"),
+        nodes: vec![a.addr, b.addr],
+    };
+    bus.wait_links_up(Instant::now() + Duration::from_secs(10))?;
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    // The nodes first, so that they stop before redis (no link-down warnings).
+    let mut t = Target {
+        pub_addr: a_addr,
+        sub_addr: b_addr,
+        procs: vec![a, b, r],
+        bus: Some(bus),
+    };
+    let mut out = fanout(&mut t, p)?;
+    let get = |addr, name| server::metric(addr, name).unwrap_or(f64::NAN);
+    out.push(m(
+        "A: redis published",
+        get(a_addr, "wschat_redis_published_total"),
+    ));
+    out.push(m(
+        "A: redis publish dropped",
+        get(a_addr, "wschat_redis_publish_dropped_total"),
+    ));
+    out.push(m(
+        "A: redis publish lost",
+        get(a_addr, "wschat_redis_publish_lost_total"),
+    ));
+    out.push(m(
+        "B: redis received",
+        get(b_addr, "wschat_redis_received_total"),
+    ));
+    out.push(m(
+        "A+B: redis reconnects",
+        get(a_addr, "wschat_redis_reconnects_total") + get(b_addr, "wschat_redis_reconnects_total"),
+    ));
+    t.check_alive()?;
+    Ok(out)
 }
 
 fn fmt(v: f64) -> String {
@@ -827,7 +919,17 @@ fn report(results: &[(String, Vec<Vec<M>>, usize)]) {
         println!("  no successful runs");
         return;
     };
-    let names: Vec<&'static str> = first.1[0].iter().map(|x| x.name).collect();
+    // Every metric any server reported, in the order they first appear.
+    let mut names: Vec<&'static str> = first.1[0].iter().map(|x| x.name).collect();
+    for r in results {
+        for run in &r.1 {
+            for x in run {
+                if !names.contains(&x.name) {
+                    names.push(x.name);
+                }
+            }
+        }
+    }
     let w = results.iter().map(|r| r.0.len()).max().unwrap_or(6).max(6);
     println!(
         "  {:<26} {:<w$} {:>12} {:>25} {:>10} {:>5}",
@@ -868,7 +970,15 @@ fn report(results: &[(String, Vec<Vec<M>>, usize)]) {
                 }
                 None => println!(
                     "  {label:<26} {:<w$} {:>12} {:>25} {:>10} {:>5}",
-                    r.0, "-", "all runs failed", "-", 0
+                    r.0,
+                    "-",
+                    if r.1.is_empty() {
+                        "all runs failed"
+                    } else {
+                        "not measured"
+                    },
+                    "-",
+                    0
                 ),
             }
         }

@@ -291,12 +291,99 @@ fn probe(addr: SocketAddrV4, health: bool) -> bool {
     buf[..n].starts_with(b"HTTP/1.1 200")
 }
 
+/// A GET with `Connection: close`; the whole response (head and body), or None.
+fn http_get(addr: SocketAddrV4, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    String::from_utf8(out).ok()
+}
+
+/// One sample of a server's `/metrics` page (a line `name value`), or None.
+pub fn metric(addr: SocketAddrV4, sample: &str) -> Option<f64> {
+    let page = http_get(addr, "/metrics")?;
+    page.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == sample)
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}
+
+/// `PUBSUB NUMSUB channel` on a Redis server: how many connections subscribe to it.
+pub fn redis_numsub(redis: SocketAddrV4, channel: &str) -> Option<i64> {
+    let mut s = TcpStream::connect_timeout(&redis.into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let cmd = format!(
+        "*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{channel}\r\n",
+        channel.len()
+    );
+    s.write_all(cmd.as_bytes()).ok()?;
+    // The reply is *2 $len channel :count; read until the integer line is complete.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(line) = text.split("\r\n").find(|l| l.starts_with(':'))
+            && text.ends_with("\r\n")
+        {
+            return line[1..].parse().ok();
+        }
+        if text.starts_with('-') && text.ends_with("\r\n") {
+            return None; // an error reply
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Cross-node runs: the Redis server and the channel of the benchmark room, and the
+/// wschat nodes that must all be linked to it before a run may start.
+pub struct Bus {
+    pub redis: SocketAddrV4,
+    pub channel: String,
+    pub nodes: Vec<SocketAddrV4>,
+}
+
+impl Bus {
+    /// Waits until every node reports `wschat_redis_up 1` in /metrics.
+    pub fn wait_links_up(&self, deadline: Instant) -> Result<(), String> {
+        loop {
+            let down: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|&&n| metric(n, "wschat_redis_up") != Some(1.0))
+                .map(|n| n.to_string())
+                .collect();
+            if down.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("Redis link not up on {}", down.join(", ")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Subscribers Redis counts on the room's channel (one per node with members).
+    pub fn subscribers(&self) -> Option<i64> {
+        redis_numsub(self.redis, &self.channel)
+    }
+}
+
 /// The servers of one run: CPU and memory are summed over them (cross-node runs
 /// have several processes).
 pub struct Target {
     pub procs: Vec<ServerProc>,
     pub pub_addr: SocketAddrV4,
     pub sub_addr: SocketAddrV4,
+    /// Set for cross-node runs: the generator waits for the bus before sending.
+    pub bus: Option<Bus>,
 }
 
 impl Target {
@@ -305,6 +392,7 @@ impl Target {
             pub_addr: p.addr,
             sub_addr: p.addr,
             procs: vec![p],
+            bus: None,
         }
     }
 
