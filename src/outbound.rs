@@ -15,8 +15,9 @@ use std::io::{self, IoSlice, Write};
 use bytes::Bytes;
 
 /// Frames at least this large are shared between recipients instead of copied. Below it a
-/// memcpy is cheaper than an extra iovec and a reference count (measured: see
-/// docs/benchmarks.md).
+/// memcpy is cheaper than an extra iovec and a reference count: measured, copying wins by 16 %
+/// at 256 B and 4 % at 1 KiB, sharing by 4 % at 4 KiB and 76 % at 16 KiB (docs/benchmarks.md,
+/// "Copy or share").
 pub const SHARE_THRESHOLD: usize = 2048;
 /// A contiguous buffer is not grown past this; a new segment starts instead.
 const SEGMENT_CAPACITY: usize = 64 * 1024;
