@@ -400,7 +400,7 @@ fn over_the_connection_cap_upgrades_get_503_with_retry_after() {
 
 #[test]
 fn the_soft_open_file_limit_is_raised_to_the_hard_one_and_sets_the_logged_cap() {
-    let daemon = Daemon::spawn(&[], Some((64, 200)));
+    let daemon = daemon_with_open_files(&[], 64, 200);
     eventually("the limits line", || {
         daemon.log_text().contains("worst-case memory")
     });
@@ -422,7 +422,7 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_one_and_sets_the_logged_cap() 
 #[test]
 fn out_of_file_descriptors_the_server_pauses_accepting_instead_of_spinning() {
     // 64 descriptors: the cap defaults to 64 less the reserve of 32, logged at start-up.
-    let daemon = Daemon::spawn(&["--handshake-timeout", "60"], Some((64, 64)));
+    let daemon = daemon_with_open_files(&["--handshake-timeout", "60"], 64, 64);
     eventually("the limits line", || {
         daemon.log_text().contains("max-connections=32 ")
     });
@@ -452,5 +452,5 @@ fn out_of_file_descriptors_the_server_pauses_accepting_instead_of_spinning() {
             .is_ok()
             && read_reply(&mut stream).status == 200
     });
-    assert!(metric_at(daemon.addr, "wschat_accept_errors_total") >= 1.0);
+    assert!(daemon.metric("wschat_accept_errors_total") >= 1.0);
 }

@@ -296,17 +296,14 @@ fn the_process_wide_budget_sheds_the_largest_queues() {
 
 #[test]
 fn the_binary_stays_within_its_budget_in_rss_beside_non_readers() {
-    let daemon = Daemon::spawn(
-        &[
-            "--max-outbound",
-            "64K",
-            "--max-message-size",
-            "16K",
-            "--slow-client",
-            "drop-newest",
-        ],
-        None,
-    );
+    let daemon = daemon(&[
+        "--max-outbound",
+        "64K",
+        "--max-message-size",
+        "16K",
+        "--slow-client",
+        "drop-newest",
+    ]);
     let url = format!("ws://{}/", daemon.addr);
     let connect = || {
         let (client, _) = tungstenite::connect(&url).expect("upgrade");
@@ -318,7 +315,7 @@ fn the_binary_stays_within_its_budget_in_rss_beside_non_readers() {
     let reader = fast_reader(connect(), total_messages);
     let _slow: Vec<TcpStream> = (0..3).map(|_| non_reader(daemon.addr, "/")).collect();
     eventually("5 members", || {
-        metric_at(daemon.addr, "wschat_websockets_open") == 5.0
+        daemon.metric("wschat_websockets_open") == 5.0
     });
     // Warm up: allocator pools, the queues filled to their budget.
     for seq in 0..500 {
@@ -331,8 +328,8 @@ fn the_binary_stays_within_its_budget_in_rss_beside_non_readers() {
     }
     let _reader = reader.join().expect("the fast reader got everything");
     let rss_after = daemon.status_kib("VmRSS");
-    let largest = metric_at(daemon.addr, "wschat_outbound_queued_largest_bytes") as usize;
-    let queued = metric_at(daemon.addr, "wschat_outbound_queued_bytes") as usize;
+    let largest = daemon.metric("wschat_outbound_queued_largest_bytes") as usize;
+    let queued = daemon.metric("wschat_outbound_queued_bytes") as usize;
     assert!(largest <= BUDGET + 256, "a queue holds {largest} bytes");
     assert!(queued <= 3 * (BUDGET + 256), "queues hold {queued} bytes");
     // Unbounded queues would have grown by over 100 MB; allow 8 MB for everything else.
@@ -340,12 +337,7 @@ fn the_binary_stays_within_its_budget_in_rss_beside_non_readers() {
         rss_after < rss_before + 8 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
-    assert!(
-        metric_at(
-            daemon.addr,
-            "wschat_messages_dropped_total{reason=\"slow_client_newest\"}"
-        ) > 0.0
-    );
+    assert!(daemon.metric("wschat_messages_dropped_total{reason=\"slow_client_newest\"}") > 0.0);
 }
 
 #[test]

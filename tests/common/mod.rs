@@ -115,11 +115,7 @@ impl TestServer {
     /// One metric's value from `/metrics` (the first sample whose name and labels match).
     pub fn metric(&self, sample: &str) -> f64 {
         let page = self.get("/metrics").body_text();
-        page.lines()
-            .find_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                (name == sample).then(|| value.parse().ok()).flatten()
-            })
+        sample_value(&page, sample)
             .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{page}"))
     }
 }
@@ -384,9 +380,33 @@ pub fn daemon_command(args: &[&str]) -> std::process::Command {
 
 /// Runs the binary on 127.0.0.1, a free port, with `args` added.
 pub fn daemon(args: &[&str]) -> Spawned {
+    spawn_daemon(daemon_command(&local_args(args)))
+}
+
+/// Like [`daemon`], with the child's open-file limits set to (soft, hard) before it starts.
+pub fn daemon_with_open_files(args: &[&str], soft: u64, hard: u64) -> Spawned {
+    use std::os::unix::process::CommandExt;
+    let mut command = daemon_command(&local_args(args));
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    spawn_daemon(command)
+}
+
+fn local_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = vec!["--bind", "127.0.0.1", "--port", "0"];
     all.extend_from_slice(args);
-    spawn_daemon(daemon_command(&all))
+    all
 }
 
 /// Spawns a prepared command and waits for its "listening on ADDR" log line.
@@ -475,6 +495,32 @@ impl Spawned {
         self.child.id() as i32
     }
 
+    /// Its log so far, one string.
+    pub fn log_text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// One line of `/proc/<pid>/status` as a number (e.g. "VmRSS" in KiB).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        proc_status_kib(self.child.id(), field)
+    }
+
+    /// CPU time (user + system) the process has used, from `/proc/<pid>/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name (which may contain spaces) start after the last ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a constant.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
@@ -505,118 +551,6 @@ impl Drop for Spawned {
     }
 }
 
-/// The `wschat` binary running in its own process (for what needs a process of its own:
-/// resource limits, RSS). Killed on drop.
-pub struct Daemon {
-    pub child: std::process::Child,
-    pub addr: SocketAddr,
-    /// Everything it has logged so far (stderr), collected by a thread.
-    pub log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Daemon {
-    /// Starts the binary on 127.0.0.1 with a free port and `args`; `open_files` sets the
-    /// (soft, hard) open-file limits of the child when given. Returns once it listens.
-    pub fn spawn(args: &[&str], open_files: Option<(u64, u64)>) -> Daemon {
-        use std::io::BufRead;
-        use std::os::unix::process::CommandExt;
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wschat"));
-        command
-            .args(["--bind", "127.0.0.1", "--port", "0", "--no-systemd"])
-            .args(args)
-            .env_remove("PORT")
-            .env_remove("WSCHAT_REDIS")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        if let Some((soft, hard)) = open_files {
-            // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
-            unsafe {
-                command.pre_exec(move || {
-                    let rlimit = libc::rlimit {
-                        rlim_cur: soft,
-                        rlim_max: hard,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = command.spawn().expect("the wschat binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split(" listening on ").nth(1)
-                    && let Some(addr) = rest.split(' ').next()
-                    && let Ok(addr) = addr.parse::<SocketAddr>()
-                {
-                    let _ = tx.send(addr);
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let addr = match rx.recv_timeout(TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "the binary did not say where it listens: {}",
-                    log.lock().unwrap()
-                );
-            }
-        };
-        Daemon { child, addr, log }
-    }
-
-    /// A `TestServer`-like view for the HTTP and WebSocket helpers is not needed often; this
-    /// opens a raw connection with timeouts.
-    pub fn raw(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr).expect("connect");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-        stream
-    }
-
-    /// One line of `/proc/<pid>/status` as a number (e.g. "VmRSS" in KiB).
-    pub fn status_kib(&self, field: &str) -> u64 {
-        proc_status_kib(self.child.id(), field)
-    }
-
-    /// CPU time (user + system) the process has used, from `/proc/<pid>/stat`.
-    pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // Fields after the command name (which may contain spaces) start after the last ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf only reads a constant.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Duration::from_millis(ticks * 1000 / per_second)
-    }
-
-    pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A number from `/proc/<pid>/status` ("VmRSS", "VmHWM", ... in KiB).
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -627,27 +561,4 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
             rest.split_whitespace().next()?.parse().ok()
         })
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-/// Sends one HTTP request on a fresh connection to `addr` and reads the reply.
-pub fn http_to(addr: SocketAddr, request: &str) -> HttpReply {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    read_reply(&mut stream)
-}
-
-/// One sample of `/metrics` at `addr` (name and labels as printed).
-pub fn metric_at(addr: SocketAddr, sample: &str) -> f64 {
-    let page = http_to(
-        addr,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .body_text();
-    page.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{page}"))
 }
