@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -34,21 +34,6 @@ fn frame_within(stream: &mut TcpStream, wait: Duration) -> Option<(u8, Vec<u8>)>
     };
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     got.then(|| read_frame(stream))
-}
-
-/// Reads until end of stream (or a reset); panics on a timeout.
-fn wait_for_eof(stream: &mut TcpStream) {
-    let mut buffer = [0u8; 1024];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => return,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("the server did not drop the socket")
-            }
-            Err(_) => return,
-        }
-    }
 }
 
 #[test]

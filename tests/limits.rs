@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -17,21 +17,6 @@ use wschat::config::{OriginPolicy, OverRate, RateLimit};
 fn assert_room_works(a: &mut Client, b: &mut Client, text: &str) {
     a.send(Message::text(text)).unwrap();
     assert_eq!(next_text(b), text);
-}
-
-/// Reads until the server ends the connection; panics on a timeout.
-fn assert_closed_by_server(stream: &mut TcpStream) {
-    let mut buffer = [0u8; 4096];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => return,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("the server did not close the connection")
-            }
-            Err(_) => return,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -139,7 +124,7 @@ fn a_request_head_that_does_not_arrive_in_time_is_closed() {
     let mut slow = server.raw();
     let started = Instant::now();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: loc").unwrap();
-    assert_closed_by_server(&mut slow);
+    wait_for_eof(&mut slow);
     let closed_after = started.elapsed();
     assert!(
         closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(2),
@@ -161,7 +146,7 @@ fn a_request_head_that_does_not_arrive_in_time_is_closed() {
         std::thread::sleep(Duration::from_millis(25));
     }
     if !ended {
-        assert_closed_by_server(&mut trickle);
+        wait_for_eof(&mut trickle);
     }
     assert!(started.elapsed() < Duration::from_millis(1500));
     eventually("handshake timeouts to be counted", || {

@@ -310,6 +310,27 @@ pub fn expect_close(client: &mut Client) -> CloseCode {
     }
 }
 
+/// Reads (and discards) until the server ends the connection: end of stream or a reset.
+/// Panics if the read timeout passes first.
+pub fn wait_for_eof(stream: &mut TcpStream) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the server did not end the connection")
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// Polls `condition` until it holds or `TIMEOUT` passes.
 pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
