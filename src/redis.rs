@@ -76,10 +76,11 @@
 //!
 //! # Other limits
 //!
-//! * Host names are resolved with the std resolver on each connect attempt,
-//!   which blocks the loop for the duration of the lookup; IP literals (and
-//!   `localhost`/`/etc/hosts` names) resolve without network traffic. Only the
-//!   first resolved address is tried.
+//! * Host names are resolved off the loop: a connect attempt starts a lookup on
+//!   a short-lived thread (the system resolver blocks) and uses the address the
+//!   last finished lookup gave; with none yet, the attempt fails fast and the
+//!   backoff retries. IP literals need no lookup. Only the first resolved
+//!   address is tried.
 //! * No TLS (`rediss://` is rejected by the URL parser), RESP2 only.
 //! * A `/db` in the URL sends `SELECT`, which Redis Cluster rejects: leave it
 //!   out for a cluster shard (pub/sub ignores the database anyway).
@@ -925,6 +926,50 @@ pub struct RedisLink {
     dirty_since: Option<Instant>,
     last_failure: Option<String>,
     rng: u64,
+    /// The address the last finished host-name lookup gave (see [`HostLookup`]).
+    lookup: HostLookup,
+}
+
+/// Resolves the Redis host name on a short-lived thread, so a slow resolver never stalls the
+/// loop. The loop only reads the last result.
+#[derive(Default)]
+struct HostLookup {
+    /// The last address a lookup found.
+    found: std::sync::Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    /// A lookup thread is running.
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HostLookup {
+    /// Starts a lookup unless one is running; returns the last address found, if any.
+    fn refresh(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        use std::sync::atomic::Ordering;
+        if !self.running.swap(true, Ordering::AcqRel) {
+            let (found, running, host) =
+                (self.found.clone(), self.running.clone(), host.to_string());
+            let started = std::thread::Builder::new()
+                .name("redis-lookup".into())
+                .spawn(move || {
+                    match (host.as_str(), port)
+                        .to_socket_addrs()
+                        .map(|mut a| a.next())
+                    {
+                        Ok(Some(addr)) => {
+                            if let Ok(mut slot) = found.lock() {
+                                *slot = Some(addr);
+                            }
+                        }
+                        Ok(None) => log::warn!("redis: {host} resolved to no address"),
+                        Err(e) => log::warn!("redis: cannot resolve {host}: {e}"),
+                    }
+                    running.store(false, Ordering::Release);
+                });
+            if started.is_err() {
+                self.running.store(false, Ordering::Release);
+            }
+        }
+        self.found.lock().ok().and_then(|slot| *slot)
+    }
 }
 
 impl RedisLink {
@@ -966,6 +1011,7 @@ impl RedisLink {
             dirty_since: None,
             last_failure: None,
             rng: random_node_id() | 1,
+            lookup: HostLookup::default(),
         };
         log::info!(
             "redis: connecting to {} (node id {:016x}{})",
@@ -1258,12 +1304,9 @@ impl RedisLink {
         if let Ok(ip) = self.url.host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, self.url.port));
         }
-        (self.url.host.as_str(), self.url.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, "host name resolved to no address")
-            })
+        self.lookup
+            .refresh(&self.url.host, self.url.port)
+            .ok_or_else(|| io::Error::other("resolving the host name"))
     }
 
     fn open(&self, addr: SocketAddr, token: Token) -> io::Result<Conn> {

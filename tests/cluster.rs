@@ -206,3 +206,23 @@ fn a_password_protected_redis_needs_the_password_in_the_url() {
     x.send(Message::text("local only")).unwrap();
     assert_eq!(next_text(&mut y), "local only");
 }
+
+#[test]
+fn a_host_name_is_resolved_and_the_link_comes_up() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let by_name = format!("redis://localhost:{}", redis.port);
+    let a = start(Config {
+        redis: Some(wschat::redis::RedisUrl::parse(&by_name).unwrap()),
+        ..config()
+    });
+    let b = node(&redis);
+    wait_redis_up(&a);
+    wait_redis_up(&b);
+    let mut on_a = a.client("/named");
+    let mut on_b = b.client("/named");
+    eventually("both subscribed", || numsub(&redis, "/named") == "2");
+    on_b.send(Message::text("found you")).unwrap();
+    assert_eq!(next_text(&mut on_a), "found you");
+}
