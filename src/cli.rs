@@ -20,7 +20,7 @@ Options:
   --echo                      also send each message back to its sender
   --static-dir DIR            serve the page from DIR (loaded at start and on SIGHUP)
                               instead of the built-in one
-  --log-level LEVEL           error, warn, info, debug or trace [default: info]
+  --log-level LEVEL           error, warn, info, debug, trace or off [default: info]
   --max-message-size BYTES    largest message (and frame) a client may send; larger ones
                               are refused with close 1009 [default: 64K]
   --max-outbound BYTES        bytes that may wait for one client [default: 1M]

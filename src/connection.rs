@@ -96,11 +96,9 @@ impl CloseReason {
         }
     }
 
+    /// Its place in [`CloseReason::ALL`] (which lists them in declaration order).
     pub fn index(self) -> usize {
-        CloseReason::ALL
-            .iter()
-            .position(|r| *r == self)
-            .unwrap_or(0)
+        self as usize
     }
 
     /// The close frame the server sends for this reason, if it sends one.
@@ -164,6 +162,12 @@ impl Default for ReadScratch {
 }
 
 impl ReadScratch {
+    /// From now until the next `begin`, bytes already read are still handed out but the
+    /// socket is not read again: the connection reads on once its queue has drained.
+    pub fn stop_socket_reads(&mut self) {
+        self.budget = 0;
+    }
+
     /// Readies the scratch for another connection's event.
     pub fn begin(&mut self) {
         self.start = 0;
@@ -261,7 +265,7 @@ pub struct WebSocketState {
     pub slot: usize,
     /// A ping was sent after the last thing heard; the next timer closes instead.
     pub pinged: bool,
-    /// Token bucket for `--max-rate`: tokens left, refilled from `rate_checked`.
+    /// Token bucket for `--max-rate`: tokens left, refilled from `rate_refilled`.
     pub rate_tokens: f32,
     pub rate_refilled: Instant,
 }
@@ -311,8 +315,12 @@ pub struct Connection {
     pub dirty: bool,
     /// The socket refused bytes; wait for a writable event before writing again.
     pub write_blocked: bool,
-    /// Stopped reading before `WouldBlock` (read budget); the loop comes back to it.
+    /// Stopped reading before `WouldBlock` (read budget, a full queue); the loop comes back.
     pub read_owed: bool,
+    /// On the loop's list of owed reads (at most once).
+    pub owed_queued: bool,
+    /// The loop pass that last read it: one read budget per pass.
+    pub read_pass: u64,
     /// Why it is closing, once it is.
     pub close_reason: Option<CloseReason>,
     /// It became a WebSocket at some point: its end is logged at info.
@@ -340,13 +348,11 @@ impl Connection {
             dirty: false,
             write_blocked: false,
             read_owed: false,
+            owed_queued: false,
+            read_pass: u64::MAX,
             close_reason: None,
             upgraded: false,
         }
-    }
-
-    pub fn is_websocket(&self) -> bool {
-        matches!(self.phase, Phase::WebSocket(_))
     }
 
     /// A member that can still be sent data (not closing).
@@ -558,5 +564,30 @@ fn classify(error: &WsError) -> CloseReason {
         }
         WsError::Io(_) => CloseReason::IoError,
         _ => CloseReason::ProtocolError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_are_listed_in_declaration_order() {
+        for (place, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), place, "{reason}");
+        }
+    }
+
+    #[test]
+    fn close_codes_follow_rfc_6455() {
+        let code = |r: CloseReason| r.close_frame().map(|f| u16::from(f.code));
+        assert_eq!(code(CloseReason::ProtocolError), Some(1002));
+        assert_eq!(code(CloseReason::InvalidUtf8), Some(1007));
+        assert_eq!(code(CloseReason::MessageTooBig), Some(1009));
+        assert_eq!(code(CloseReason::SlowConsumer), Some(1008));
+        assert_eq!(code(CloseReason::RateLimited), Some(1008));
+        assert_eq!(code(CloseReason::Shutdown), Some(1001));
+        assert_eq!(code(CloseReason::IdleTimeout), Some(1001));
+        assert_eq!(code(CloseReason::ClientGone), None);
     }
 }

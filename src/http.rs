@@ -211,6 +211,14 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
             ws_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             ws_version = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || (name.eq_ignore_ascii_case("content-length") && value != "0")
+        {
+            // GET and HEAD have no body here; reading on past one would take its bytes for
+            // the next request (request smuggling behind a proxy).
+            return Err(HttpError::Malformed(
+                "a GET or HEAD request must not carry a body",
+            ));
         }
     }
     if minor_version == 1 && host.is_none() {
@@ -384,7 +392,9 @@ impl ResponseHead {
         text.push_str(&status.code().to_string());
         text.push(' ');
         text.push_str(status.reason());
-        text.push_str("\r\nServer: wschat\r\n");
+        text.push_str("\r\nServer: wschat\r\nDate: ");
+        text.push_str(&http_date(std::time::SystemTime::now()));
+        text.push_str("\r\n");
         ResponseHead { status, text }
     }
 
@@ -449,6 +459,43 @@ pub fn text_response(
         bytes.extend_from_slice(body.as_bytes());
     }
     bytes
+}
+
+/// An IMF-fixdate (RFC 9110 5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(time: std::time::SystemTime) -> String {
+    let seconds = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        WEEKDAYS[(days % 7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// Does this `Origin` belong to the same host the request was sent to?
@@ -603,6 +650,27 @@ mod tests {
         assert_eq!(room_name("//"), Ok("/".into()));
         assert_eq!(room_name("/lobby/"), Ok("/lobby".into()));
         assert!(room_name(&format!("/{}", "a".repeat(MAX_ROOM_NAME))).is_err());
+    }
+
+    #[test]
+    fn http_dates() {
+        let at = |s: u64| http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        assert_eq!(at(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(at(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(at(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(at(1_795_680_000), "Thu, 26 Nov 2026 08:00:00 GMT");
+    }
+
+    #[test]
+    fn a_get_with_a_body_is_refused() {
+        for header in ["Content-Length: 41", "Transfer-Encoding: chunked"] {
+            let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{header}\r\n\r\n");
+            assert_eq!(
+                parse_head(head.as_bytes()).unwrap_err().status(),
+                Status::BadRequest
+            );
+        }
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").is_ok());
     }
 
     #[test]

@@ -61,8 +61,8 @@ fn main() -> ExitCode {
     }
 }
 
+/// One line on stderr (the log goes there too, so it is not logged a second time).
 fn fail(error: ServerError) -> ExitCode {
-    log::error!("{error}");
     eprintln!("wschat: {error}");
     ExitCode::from(1)
 }

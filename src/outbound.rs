@@ -352,13 +352,6 @@ impl EncodedFrame {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            EncodedFrame::Small(v) => v,
-            EncodedFrame::Large(b) => b,
-        }
-    }
 }
 
 #[cfg(test)]

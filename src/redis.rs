@@ -1062,11 +1062,6 @@ impl RedisLink {
         self.sh.rooms.contains(room)
     }
 
-    /// The Redis channel used for `room`.
-    pub fn channel_name(&self, room: &str) -> String {
-        format!("{}{}", self.sh.prefix, room)
-    }
-
     /// Subscribes to `room` (call when its first local member joins).
     /// Returns false if it was already subscribed. Works in any state.
     pub fn subscribe(&mut self, room: &str) -> bool {

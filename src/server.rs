@@ -43,6 +43,8 @@ const REDIS_PUBLISH: Token = Token(usize::MAX - 5);
 /// Connection keys stay below this, clear of the special tokens above.
 const MAX_KEY: usize = usize::MAX - 16;
 
+/// A WebSocket's room slot once it has left its room.
+const NOT_A_MEMBER: usize = usize::MAX;
 /// After `EMFILE`/`ENFILE`, accepting pauses this long instead of spinning on the error.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How long a client refused at the connection cap is told to wait.
@@ -136,6 +138,8 @@ pub struct Server {
     redis: Option<RedisLink>,
     /// Messages from other nodes, delivered after the batch of events.
     redis_incoming: Vec<Incoming>,
+    /// Over `--max-outbound-total` since the last pass (the warning is logged once).
+    over_total_budget: bool,
 }
 
 impl Server {
@@ -192,10 +196,6 @@ impl Server {
                 let mut link_config = RedisConfig::new(url.clone(), crate::redis::random_node_id());
                 link_config.sharded = config.redis_sharded;
                 link_config.max_message_size = config.max_message_size;
-                info!(
-                    "joining the cluster through {url} (node id {:016x})",
-                    link_config.node_id
-                );
                 Some(
                     RedisLink::new(link_config, poll.registry(), REDIS_SUBSCRIBE, REDIS_PUBLISH)
                         .map_err(ServerError::Poll)?,
@@ -237,6 +237,7 @@ impl Server {
             next_history_expiry: None,
             redis,
             redis_incoming: Vec::new(),
+            over_total_budget: false,
             notifier,
             config,
         })
@@ -303,6 +304,13 @@ impl Server {
             }
             let pass_started = Instant::now();
             self.now = pass_started;
+            // Reads owed from earlier passes; reads owed during this one wait for the next.
+            let owed = std::mem::take(&mut self.owed_reads);
+            for &key in &owed {
+                if let Some(conn) = self.connections.get_mut(key) {
+                    conn.owed_queued = false;
+                }
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -324,7 +332,7 @@ impl Server {
             if self.stop.load(Ordering::SeqCst) && self.drain_deadline.is_none() {
                 self.begin_drain();
             }
-            self.serve_owed_reads();
+            self.serve_owed_reads(&owed);
             self.fire_timers();
             self.deliver_from_redis();
             self.enforce_total_budget();
@@ -460,39 +468,60 @@ impl Server {
         }
     }
 
-    /// Serves connections that stopped reading early (read budget, full HTTP buffer).
-    fn serve_owed_reads(&mut self) {
-        let owed = std::mem::take(&mut self.owed_reads);
-        for key in owed {
-            self.read_connection(key);
+    /// Serves the reads owed at the start of this pass (read budget, a full queue drained
+    /// since). A connection already read in this pass waits for the next one.
+    fn serve_owed_reads(&mut self, owed: &[usize]) {
+        for &key in owed {
+            if self.connections.get(key).is_some_and(|c| c.read_owed) {
+                self.read_connection(key);
+            }
         }
     }
 
     /// Reads what a connection has for us, according to its phase, until `WouldBlock` or the
-    /// read budget. Called on readable events and for owed reads.
+    /// read budget (once per pass). Called on readable events and for owed reads.
     fn read_connection(&mut self, key: usize) {
         self.scratch.begin();
+        let pass = self.stats.loop_iterations;
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
+        if conn.read_pass == pass {
+            // Its budget for this pass is spent: the rest waits for the next pass.
+            conn.read_owed = true;
+            self.owe_read(key);
+            return;
+        }
+        conn.read_pass = pass;
         conn.read_owed = false;
         match conn.phase {
             Phase::Http { .. } => self.read_http(key),
             Phase::WebSocket(_) => self.read_websocket(key),
             Phase::Closing { .. } => self.progress_closing(key),
         }
+        self.owe_read(key);
         if let Some(conn) = self.connections.get_mut(key) {
-            // An HTTP connection with a response still queued reads on only after the flush
-            // (flush_dirty puts it back), so a client that pipelines without reading cannot
-            // make the loop spin.
-            let waits_for_flush =
-                matches!(conn.phase, Phase::Http { .. }) && !conn.outbound.is_empty();
-            if conn.read_owed && !waits_for_flush {
-                self.owed_reads.push(key);
-            }
-            if !conn.outbound.is_empty() {
-                mark_dirty(&mut self.dirty, key, conn);
-            }
+            mark_dirty(&mut self.dirty, key, conn);
+        }
+    }
+
+    /// Puts a connection that owes a read on the list for the next pass, unless its own queue
+    /// must drain first: an HTTP response not yet sent (bounded pipelining), or a WebSocket
+    /// over its outbound budget (a client that does not read cannot make the server write
+    /// more, pongs included). `flush_dirty` calls it again once the queue has drained.
+    fn owe_read(&mut self, key: usize) {
+        let max_outbound = self.config.max_outbound;
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        let queue_limit = match conn.phase {
+            Phase::Http { .. } => 0,
+            Phase::WebSocket(_) => max_outbound,
+            Phase::Closing { .. } => usize::MAX,
+        };
+        if conn.read_owed && !conn.owed_queued && conn.outbound.len() <= queue_limit {
+            conn.owed_queued = true;
+            self.owed_reads.push(key);
         }
     }
 
@@ -548,7 +577,8 @@ impl Server {
                     return;
                 }
                 Err(error) => {
-                    self.refuse_http(key, error);
+                    let head_only = head.starts_with(b"HEAD ");
+                    self.refuse_http(key, error, head_only);
                     return;
                 }
                 Ok(Head::Complete(request, len)) => {
@@ -568,12 +598,12 @@ impl Server {
         let route = match http::route(&request, |path| self.assets.contains(path)) {
             Ok(route) => route,
             Err(error) => {
-                self.refuse_http(key, error);
+                self.refuse_http(key, error, request.method == Method::Head);
                 return false;
             }
         };
         if let Route::WebSocket { room } = route {
-            return self.upgrade(key, &request, room);
+            return self.upgrade(key, &request, room, peer_done);
         }
         self.stats.http_requests += 1;
         let keep_alive = request.keep_alive && !peer_done && self.drain_deadline.is_none();
@@ -656,7 +686,7 @@ impl Server {
     }
 
     /// Answers a bad request with its status and closes the connection.
-    fn refuse_http(&mut self, key: usize, error: HttpError) {
+    fn refuse_http(&mut self, key: usize, error: HttpError, head_only: bool) {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
@@ -669,11 +699,19 @@ impl Server {
         );
         let extra: &[(&str, &str)] = match error {
             HttpError::Method => &[("Allow", "GET, HEAD")],
-            HttpError::WebSocketVersion => &[("Sec-WebSocket-Version", "13")],
+            // RFC 9110 15.5.22: a 426 names the protocol to switch to.
+            HttpError::WebSocketVersion => {
+                &[("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")]
+            }
             _ => &[],
         };
-        let response =
-            http::text_response(error.status(), &format!("{error}\n"), extra, false, false);
+        let response = http::text_response(
+            error.status(),
+            &format!("{error}\n"),
+            extra,
+            false,
+            head_only,
+        );
         if matches!(
             error,
             HttpError::BadUpgrade(_) | HttpError::WebSocketVersion
@@ -726,7 +764,7 @@ impl Server {
     // WebSocket
 
     /// Completes the opening handshake (or refuses it with a status) and joins the room.
-    fn upgrade(&mut self, key: usize, request: &Request, room: String) -> bool {
+    fn upgrade(&mut self, key: usize, request: &Request, room: String, peer_done: bool) -> bool {
         let refusal = if self.drain_deadline.is_some() {
             Some((
                 Refusal::Draining,
@@ -790,9 +828,10 @@ impl Server {
             self.queued_total += response.len() - sent;
             conn.outbound.push_opaque(response[sent..].to_vec());
         }
-        // The socket was read to WouldBlock already: only frames that came with the head
-        // need reading now (one read per connection saved at connection storms).
-        let frames_waiting = !rest.is_empty();
+        // The socket was read to WouldBlock already: only frames that came with the head, or
+        // an end of stream already seen, need reading now (one read per connection saved at
+        // connection storms; edge-triggered readiness will not report that end again).
+        let frames_waiting = !rest.is_empty() || peer_done;
         conn.upgrade(rest, self.websocket_config, joined.room, joined.slot);
         // Late joiners get the room's recent messages before any live traffic.
         if let Some(room_entry) = self.rooms.get(joined.room) {
@@ -837,12 +876,19 @@ impl Server {
             let Some(conn) = self.connections.get_mut(key) else {
                 return;
             };
+            if conn.outbound.len() > self.config.max_outbound {
+                // Over its own budget (its pongs, its echoes): finish what was read, then
+                // leave the rest in its socket until the queue drains.
+                self.scratch.stop_socket_reads();
+            }
             let before = conn.outbound.len();
             let outcome = conn.read_websocket(&mut self.scratch, self.now);
             self.queued_total += conn.outbound.len() - before;
             match outcome {
                 WsRead::Message(message) => {
-                    if conn.accepts_messages() {
+                    // A member being closed (or doomed mid-read) has left its room: what it
+                    // still sends is read and dropped.
+                    if conn.close_reason.is_none() {
                         self.relay(key, message);
                     }
                 }
@@ -872,11 +918,11 @@ impl Server {
             return;
         };
         let Some(ws) = conn.websocket() else { return };
-        if ws.slot == usize::MAX {
+        if ws.slot == NOT_A_MEMBER {
             return;
         }
         let (room, slot) = (ws.room, ws.slot);
-        ws.slot = usize::MAX;
+        ws.slot = NOT_A_MEMBER;
         self.stats.websockets_open -= 1;
         let left = self.rooms.leave(room, slot, self.now);
         if let Some(moved) = left.moved
@@ -903,6 +949,9 @@ impl Server {
         let Some(ws) = self.connections.get_mut(sender).and_then(|c| c.websocket()) else {
             return;
         };
+        if ws.slot == NOT_A_MEMBER {
+            return;
+        }
         let room = ws.room;
         let (kind, payload) = match &message {
             Message::Text(text) => (MessageKind::Text, text.as_bytes()),
@@ -1213,12 +1262,21 @@ impl Server {
     fn enforce_total_budget(&mut self) {
         let limit = self.config.max_outbound_total;
         if self.queued_total <= limit {
+            self.over_total_budget = false;
             return;
         }
         // This pass queued its fan-out before any flush: judge by the bytes the sockets
         // refuse, not by a burst fast readers are about to take.
         self.flush_dirty();
-        if self.queued_total <= limit {
+        // Bytes of connections already closing cannot be shed (their Close is among them);
+        // they leave within CLOSE_TIMEOUT. Counting them would close innocent members.
+        let mut unsheddable: usize = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.close_reason.is_some())
+            .map(|(_, c)| c.outbound.len())
+            .sum();
+        if self.queued_total.saturating_sub(unsheddable) <= limit {
             return;
         }
         let mut largest: Vec<(usize, usize)> = self
@@ -1230,19 +1288,24 @@ impl Server {
             .map(|(key, c)| (c.outbound.len(), key))
             .collect();
         largest.sort_unstable_by(|a, b| b.cmp(a));
-        warn!(
-            "outbound total {} bytes over --max-outbound-total {}; shedding the largest queues",
-            self.queued_total, limit
-        );
+        if !self.over_total_budget {
+            // Once per episode, not once per pass.
+            warn!(
+                "outbound total {} bytes over --max-outbound-total {}; shedding the largest queues",
+                self.queued_total, limit
+            );
+            self.over_total_budget = true;
+        }
         for (_, key) in largest {
-            if self.queued_total <= limit {
+            if self.queued_total.saturating_sub(unsheddable) <= limit {
                 break;
             }
             if self.config.slow_client == SlowClientPolicy::Close {
                 self.close_slow_consumer(key);
+                unsheddable += self.connections.get(key).map_or(0, |c| c.outbound.len());
             } else if let Some(conn) = self.connections.get_mut(key) {
                 let before = conn.outbound.len();
-                let excess = self.queued_total - limit;
+                let excess = self.queued_total - unsheddable - limit;
                 let dropped = conn
                     .outbound
                     .drop_unstarted_messages(before.saturating_sub(excess));
@@ -1276,19 +1339,12 @@ impl Server {
                     continue;
                 }
             }
-            if !conn.outbound.is_empty() {
-                continue;
+            if conn.outbound.is_empty() && matches!(conn.phase, Phase::Closing { .. }) {
+                self.progress_closing(key);
             }
-            match conn.phase {
-                Phase::Closing { .. } => self.progress_closing(key),
-                Phase::Http { .. } => {
-                    // A pipelined request may be waiting behind the response just sent.
-                    if conn.read_owed && !self.owed_reads.contains(&key) {
-                        self.owed_reads.push(key);
-                    }
-                }
-                Phase::WebSocket(_) => {}
-            }
+            // A read held back until the queue drained (a pipelined request, a client over its
+            // budget, a closing peer with more to discard) may go on now.
+            self.owe_read(key);
         }
         // Keep the list's allocation for the next pass.
         let mut dirty = dirty;
@@ -1548,9 +1604,11 @@ fn plain_head(status: Status) -> ResponseHead {
 /// A page file, or 304 when the client's copy is current. Files are revalidated on each use
 /// (`no-cache` + `ETag`): they are not fingerprinted, so a new binary must show at once.
 fn asset_response(asset: &Asset, if_none_match: Option<&str>) -> (ResponseHead, Option<Bytes>) {
+    // If-None-Match compares weakly (RFC 9110 13.1.2): W/"x" matches "x".
     let fresh = if_none_match.is_some_and(|tags| {
         tags.split(',')
-            .any(|t| t.trim() == asset.etag || t.trim() == "*")
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == asset.etag)
     });
     let head = ResponseHead::new(if fresh {
         Status::NotModified

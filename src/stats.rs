@@ -2,7 +2,7 @@
 //! one pass. Nothing here steers control flow.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::connection::CloseReason;
 
@@ -414,11 +414,6 @@ impl ProcessInfo {
             open_fds,
         }
     }
-}
-
-/// Seconds since start, for gauges.
-pub fn uptime(started: Instant, now: Instant) -> Duration {
-    now.saturating_duration_since(started)
 }
 
 #[cfg(test)]

@@ -357,3 +357,48 @@ fn the_process_wide_budget_counts_only_what_sockets_refuse_so_fast_readers_lose_
         0.0
     );
 }
+
+#[test]
+fn a_client_that_pings_and_never_reads_is_held_to_its_budget_and_hurts_no_one() {
+    let budget = 64 * 1024;
+    let server = start(Config {
+        max_outbound: budget,
+        max_message_size: 16 * 1024,
+        max_outbound_total: 256 * 1024,
+        ..config()
+    });
+    let mut a = server.client("/elsewhere");
+    let mut b = server.client("/elsewhere");
+    let mut flood = server.raw_websocket("/");
+    wait_for_members(&server, 3);
+    // Pings as fast as the socket takes them; every one asks for a pong the flooder never
+    // reads. Without a bound the pongs pile up in the server as fast as pings arrive.
+    flood.set_nonblocking(true).unwrap();
+    let ping = frame(0x89, &[0x55; 125], true);
+    let started = std::time::Instant::now();
+    let mut sent = 0usize;
+    while sent < 64 << 20 && started.elapsed() < Duration::from_secs(2) {
+        match flood.write(&ping) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("flood write failed: {e}"),
+        }
+    }
+    let largest = server.metric("wschat_outbound_queued_largest_bytes") as usize;
+    let total = server.metric("wschat_outbound_queued_bytes") as usize;
+    // The budget, plus the pongs for what one read had already taken in.
+    assert!(
+        largest <= 3 * budget,
+        "the flooder holds {largest} bytes after sending {sent}"
+    );
+    assert!(total <= 3 * budget, "the server holds {total} bytes");
+    // The rest of the server carries on, and nobody was closed for it.
+    a.send(Message::text("still fine")).unwrap();
+    assert_eq!(next_text(&mut b), "still fine");
+    assert_eq!(
+        server.metric("wschat_connections_closed_total{reason=\"slow_consumer\"}"),
+        0.0
+    );
+}
