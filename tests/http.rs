@@ -271,3 +271,56 @@ fn a_client_that_pipelines_without_reading_does_not_make_the_loop_spin() {
     // Others are still served.
     assert_eq!(server.get("/healthz").status, 200);
 }
+
+#[test]
+fn responses_carry_a_date_and_head_errors_carry_no_body() {
+    let server = start_default();
+    let page = server.get("/");
+    assert!(page.header("date").is_some_and(|d| d.ends_with(" GMT")));
+    let mut stream = server.raw();
+    stream
+        .write_all(b"HEAD /missing.png HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut rest).unwrap();
+    assert!(rest.is_empty(), "no body after a HEAD response: {rest:?}");
+}
+
+#[test]
+fn a_426_names_the_protocol_and_a_get_with_a_body_is_refused() {
+    let server = start_default();
+    let old_version = server.http(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+    );
+    assert_eq!(old_version.status, 426);
+    assert_eq!(old_version.header("upgrade").as_deref(), Some("websocket"));
+    assert_eq!(
+        old_version.header("sec-websocket-version").as_deref(),
+        Some("13")
+    );
+    // A body would be read as the next request: smuggling past a proxy.
+    let smuggler = server.http(
+        "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 41\r\n\r\n\
+         GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(smuggler.status, 400);
+    assert!(!smuggler.body_text().contains("wschat_"));
+}
+
+#[test]
+fn an_upgrade_sent_with_the_clients_fin_leaves_no_member_behind() {
+    let server = start_default();
+    let mut stream = server.raw();
+    stream
+        .write_all(upgrade_request("/gone").as_bytes())
+        .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    eventually("the member to be gone", || {
+        server.metric("wschat_websockets_open") == 0.0
+    });
+}
