@@ -32,7 +32,7 @@ use crate::http::{self, Head, HttpError, Method, Request, ResponseHead, Route, S
 use crate::outbound::{EncodedFrame, Offer, SHARE_THRESHOLD};
 use crate::redis::{Incoming, LinkState, MessageKind, RedisConfig, RedisLink};
 use crate::room::{HistoryLimits, Rooms};
-use crate::stats::{DropReason, Gauges, MetricsPage, Refusal, Stats};
+use crate::stats::{DropReason, Gauges, MetricsPage, ProcessInfo, Refusal, Stats};
 use crate::systemd::{self, Notifier};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -115,7 +115,7 @@ pub struct Server {
     /// Connections with bytes to flush this pass.
     dirty: Vec<usize>,
     /// Connections to remove at the end of this pass, and why.
-    doomed: Vec<(usize, CloseReason)>,
+    doomed: Vec<usize>,
     /// Connections that stopped reading before `WouldBlock` and must be read again.
     owed_reads: Vec<usize>,
     next_id: u64,
@@ -140,6 +140,8 @@ pub struct Server {
     redis_incoming: Vec<Incoming>,
     /// Over `--max-outbound-total` since the last pass (the warning is logged once).
     over_total_budget: bool,
+    /// The last /proc reading and when it was taken.
+    process_info: Option<(Instant, ProcessInfo)>,
 }
 
 impl Server {
@@ -238,6 +240,7 @@ impl Server {
             redis,
             redis_incoming: Vec::new(),
             over_total_budget: false,
+            process_info: None,
             notifier,
             config,
         })
@@ -338,6 +341,8 @@ impl Server {
             self.enforce_total_budget();
             self.flush_dirty();
             self.reap_doomed();
+            #[cfg(debug_assertions)]
+            self.check_queued_total();
             self.stats.record_loop(pass_started.elapsed());
             if let Some(deadline) = self.drain_deadline {
                 // Idle keep-alive HTTP connections may still ask /healthz; they do not hold
@@ -615,7 +620,8 @@ impl Server {
                 (plain_head(status), Some(body))
             }
             Route::Metrics => {
-                let page = self.stats.render(&self.gauges());
+                let gauges = self.gauges();
+                let page = self.stats.render(&gauges);
                 let head = ResponseHead::new(Status::Ok)
                     .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                     .header("Cache-Control", "no-store");
@@ -1185,10 +1191,8 @@ impl Server {
         if let (Some(at), Some(every)) = (self.next_stats, self.config.stats_interval)
             && at <= now
         {
-            if let Some(line) = self
-                .stats
-                .summary_line(&self.stats_at_last_line, &self.gauges())
-            {
+            let gauges = self.gauges();
+            if let Some(line) = self.stats.summary_line(&self.stats_at_last_line, &gauges) {
                 info!("{line}");
             }
             self.stats_at_last_line = self.stats.clone();
@@ -1362,18 +1366,20 @@ impl Server {
     fn doom(&mut self, key: usize, reason: CloseReason) {
         self.leave_room(key);
         if let Some(conn) = self.connections.get_mut(key) {
+            // The first reason stands (a slow consumer whose close then times out was closed
+            // for being slow).
             conn.close_reason.get_or_insert(reason);
-            self.doomed.push((key, reason));
+            self.doomed.push(key);
         }
     }
 
     /// Removes the doomed connections: logs their end and counts it.
     fn reap_doomed(&mut self) {
-        for (key, reason) in std::mem::take(&mut self.doomed) {
+        for key in std::mem::take(&mut self.doomed) {
             let Some(mut conn) = self.connections.try_remove(key) else {
                 continue;
             };
-            let reason = conn.close_reason.unwrap_or(reason);
+            let reason = conn.close_reason.unwrap_or(CloseReason::IoError);
             self.queued_total -= conn.outbound.len();
             let _ = self.poll.registry().deregister(&mut conn.socket);
             self.stats.connections_open -= 1;
@@ -1464,7 +1470,29 @@ impl Server {
         }
     }
 
-    fn gauges(&self) -> Gauges {
+    /// Debug builds (every test) check the running total of queued bytes against the queues
+    /// themselves once per pass: the bookkeeping is spread over every place that queues or
+    /// writes, and a drift would skew the process-wide budget.
+    #[cfg(debug_assertions)]
+    fn check_queued_total(&self) {
+        let actual: usize = self.connections.iter().map(|(_, c)| c.outbound.len()).sum();
+        assert_eq!(
+            self.queued_total, actual,
+            "queued_total drifted from the queues"
+        );
+    }
+
+    /// Figures read off the server for `/metrics` and the stats line. /proc is read at most
+    /// once a second: listing /proc/self/fd costs a moment per thousand connections, and the
+    /// page is open to anyone who can reach the port.
+    fn gauges(&mut self) -> Gauges {
+        let fresh = self.process_info.is_some_and(|(read_at, _)| {
+            self.now.saturating_duration_since(read_at) < Duration::from_secs(1)
+        });
+        if !fresh {
+            self.process_info = Some((self.now, ProcessInfo::read()));
+        }
+        let process = self.process_info.map(|(_, info)| info).unwrap_or_default();
         Gauges {
             rooms_open: self.rooms.occupied(),
             rooms_dormant: self.rooms.dormant(),
@@ -1478,6 +1506,7 @@ impl Server {
             max_connections: self.max_connections,
             uptime: self.now.saturating_duration_since(self.started),
             draining: self.drain_deadline.is_some(),
+            process,
             extra: self.redis.as_ref().map(redis_metrics).unwrap_or_default(),
         }
     }

@@ -100,6 +100,8 @@ pub struct Gauges {
     pub max_connections: usize,
     pub uptime: Duration,
     pub draining: bool,
+    /// Memory and descriptors from /proc.
+    pub process: ProcessInfo,
     /// Extra lines (the Redis link) rendered as they are.
     pub extra: String,
 }
@@ -269,7 +271,7 @@ impl Stats {
             &self.loop_buckets,
             self.loop_seconds_sum,
         );
-        let process = ProcessInfo::read();
+        let process = &gauges.process;
         if let Some(rss) = process.resident_bytes {
             page.single(
                 "process_resident_memory_bytes",
@@ -333,7 +335,7 @@ impl Stats {
             self.deliveries - previous.deliveries,
             self.dropped.iter().sum::<u64>(),
             gauges.outbound_bytes,
-            ProcessInfo::read().resident_bytes.unwrap_or(0) / 1024,
+            gauges.process.resident_bytes.unwrap_or(0) / 1024,
         ))
     }
 }
@@ -391,6 +393,7 @@ impl MetricsPage {
 }
 
 /// Figures about this process read from /proc (Linux); absent elsewhere.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessInfo {
     pub resident_bytes: Option<u64>,
     pub open_fds: Option<u64>,
@@ -429,6 +432,7 @@ mod tests {
             max_connections: 100,
             uptime: Duration::from_secs(3),
             draining: false,
+            process: ProcessInfo::read(),
             extra: String::new(),
         }
     }
