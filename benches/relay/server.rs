@@ -38,8 +38,10 @@ impl Kind {
     }
 }
 
-pub fn wschat_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_wschat")
+/// The wschat binary under test: the one cargo built with the bench, or `$WSCHAT_BIN` (for
+/// another build of the same code, e.g. the static musl one; see docs/benchmarks.md).
+pub fn wschat_bin() -> String {
+    std::env::var("WSCHAT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wschat").to_string())
 }
 
 pub fn peers_dir() -> PathBuf {
