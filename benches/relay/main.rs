@@ -415,6 +415,34 @@ struct Snap {
     gen_cpu: Duration,
 }
 
+/// Fails a run in which nothing has been delivered for 3 s (a server that stopped relaying).
+struct Progress {
+    since: Instant,
+    delivered: u64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            since: Instant::now(),
+            delivered: 0,
+        }
+    }
+
+    fn check(&mut self, now: Instant, g: &Gen, hint: &str) -> Result<(), String> {
+        if g.c.delivered != self.delivered {
+            self.since = now;
+            self.delivered = g.c.delivered;
+        } else if now - self.since > Duration::from_secs(3) {
+            return Err(format!(
+                "stalled: nothing delivered for 3 s ({hint}{} connections lost: {})",
+                g.c.lost, g.c.last_error
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn snap(g: &Gen, t: &Target, sent: u64) -> Snap {
     Snap {
         at: Instant::now(),
@@ -516,7 +544,7 @@ fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
         .collect();
     let total_sent = |g: &Gen| pubs.clone().map(|i| g.conns[i].sent).sum::<u64>();
     let mut s0: Option<Snap> = None;
-    let mut last_progress = (Instant::now(), 0u64);
+    let mut progress = Progress::new();
     let mut iter = 0u32;
     loop {
         let now = Instant::now();
@@ -554,14 +582,7 @@ fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
         iter = iter.wrapping_add(1);
         if iter.is_multiple_of(64) {
             t.check_alive()?;
-            if g.c.delivered != last_progress.1 {
-                last_progress = (now, g.c.delivered);
-            } else if now - last_progress.0 > Duration::from_secs(3) {
-                return Err(format!(
-                    "stalled: nothing delivered for 3 s ({} connections lost: {})",
-                    g.c.lost, g.c.last_error
-                ));
-            }
+            progress.check(now, &g, "")?;
         }
     }
     let s0 = s0.ok_or("no measurement window")?;
@@ -615,7 +636,7 @@ fn all_to_all(t: &mut Target, cfg: &Cfg) -> RunResult {
     let end = measure_from + cfg.duration;
     let total_sent = |g: &Gen| all.clone().map(|i| g.conns[i].sent).sum::<u64>();
     let mut s0: Option<Snap> = None;
-    let mut last_progress = (Instant::now(), 0u64);
+    let mut progress = Progress::new();
     let mut iter = 0u32;
     loop {
         let now = Instant::now();
@@ -637,14 +658,7 @@ fn all_to_all(t: &mut Target, cfg: &Cfg) -> RunResult {
         iter = iter.wrapping_add(1);
         if iter.is_multiple_of(64) {
             t.check_alive()?;
-            if g.c.delivered != last_progress.1 {
-                last_progress = (now, g.c.delivered);
-            } else if now - last_progress.0 > Duration::from_secs(3) {
-                return Err(format!(
-                    "stalled: nothing delivered for 3 s (does it echo? {} connections lost: {})",
-                    g.c.lost, g.c.last_error
-                ));
-            }
+            progress.check(now, &g, "does it echo? ")?;
         }
     }
     let s0 = s0.ok_or("no measurement window")?;
