@@ -443,6 +443,24 @@ impl Progress {
     }
 }
 
+/// Closes the measured window: takes the end snapshot, stops recording latencies, then waits
+/// up to 5 s for what is still in flight so the caller can count what never came.
+fn end_window(
+    g: &mut Gen,
+    t: &Target,
+    start: Option<Snap>,
+    sent: u64,
+    echo: bool,
+) -> Result<(Snap, Snap), String> {
+    let start = start.ok_or("no measurement window")?;
+    let end = snap(g, t, sent);
+    g.c.record_until = g.now_ns();
+    g.run_until(Instant::now() + Duration::from_secs(5), |g| {
+        g.tail_missing(echo) == 0
+    });
+    Ok((start, end))
+}
+
 fn snap(g: &Gen, t: &Target, sent: u64) -> Snap {
     Snap {
         at: Instant::now(),
@@ -585,13 +603,8 @@ fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
             progress.check(now, &g, "")?;
         }
     }
-    let s0 = s0.ok_or("no measurement window")?;
-    let s1 = snap(&g, t, total_sent(&g));
-    g.c.record_until = g.now_ns();
-    // Drain: wait for what is still in flight, then count what never came.
-    g.run_until(Instant::now() + Duration::from_secs(5), |g| {
-        g.tail_missing(false) == 0
-    });
+    let sent = total_sent(&g);
+    let (s0, s1) = end_window(&mut g, t, s0, sent, false)?;
     let secs = (s1.at - s0.at).as_secs_f64();
     let mut out = Vec::new();
     if p.large {
@@ -661,12 +674,8 @@ fn all_to_all(t: &mut Target, cfg: &Cfg) -> RunResult {
             progress.check(now, &g, "does it echo? ")?;
         }
     }
-    let s0 = s0.ok_or("no measurement window")?;
-    let s1 = snap(&g, t, total_sent(&g));
-    g.c.record_until = g.now_ns();
-    g.run_until(Instant::now() + Duration::from_secs(5), |g| {
-        g.tail_missing(true) == 0
-    });
+    let sent = total_sent(&g);
+    let (s0, s1) = end_window(&mut g, t, s0, sent, true)?;
     let secs = (s1.at - s0.at).as_secs_f64();
     let mut out = vec![
         m("iterations/s", (s1.sent - s0.sent) as f64 / n as f64 / secs),
