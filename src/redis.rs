@@ -88,6 +88,7 @@
 //!   trusts the server not to send pathologically nested arrays (Redis never
 //!   does for pub/sub). Frames are bounded to `max_message_size + 1 KiB`.
 
+use crate::message::MessageKind;
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -377,13 +378,6 @@ impl RedisConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
         }
     }
-}
-
-/// WebSocket message type carried through Redis.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MessageKind {
-    Text,
-    Binary,
 }
 
 /// A message published by another node to a room this node is subscribed to.

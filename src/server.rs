@@ -29,8 +29,9 @@ use crate::config::{
 };
 use crate::connection::{CloseReason, Connection, Phase, ReadScratch, WsRead};
 use crate::http::{self, Head, HttpError, Method, Request, ResponseHead, Route, Status};
+use crate::message::MessageKind;
 use crate::outbound::{EncodedFrame, Offer, SHARE_THRESHOLD};
-use crate::redis::{Incoming, LinkState, MessageKind, RedisConfig, RedisLink};
+use crate::redis::{Incoming, LinkState, RedisConfig, RedisLink};
 use crate::room::{HistoryLimits, Rooms};
 use crate::stats::{DropReason, Gauges, MetricsPage, ProcessInfo, Refusal, Stats};
 use crate::systemd::{self, Notifier};
