@@ -13,8 +13,11 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, QueuedTotal};
+use crate::rate::TokenBucket;
 use crate::room::RoomKey;
+use crate::server::read_schedule::ReadFlags;
+use crate::server::timers::ConnectionTimer;
 
 mod utf8_guard;
 use utf8_guard::{InvalidUtf8Early, Utf8Guard};
@@ -180,13 +183,14 @@ impl ReadScratch {
         &self.buffer[self.start..self.end]
     }
 
-    /// Reads from the socket once, retrying `Interrupted`. `Ok(0)` is end of stream.
-    fn fill(&mut self, socket: &mut TcpStream) -> io::Result<usize> {
+    /// Reads at most `max` bytes from the socket once, retrying `Interrupted`. `Ok(0)` is end
+    /// of stream.
+    fn fill(&mut self, socket: &mut TcpStream, max: usize) -> io::Result<usize> {
         if self.budget == 0 {
             self.budget_exhausted = true;
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let room = self.buffer.len().min(self.budget);
+        let room = self.buffer.len().min(self.budget).min(max);
         loop {
             match socket.read(&mut self.buffer[..room]) {
                 Ok(n) => {
@@ -214,7 +218,7 @@ impl ReadScratch {
         if guard.failed() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8Early));
         }
-        if self.start == self.end && self.fill(socket)? == 0 {
+        if self.start == self.end && self.fill(socket, usize::MAX)? == 0 {
             return Ok(0);
         }
         let n = out.len().min(self.end - self.start);
@@ -235,6 +239,7 @@ struct LoopStream<'a> {
     socket: &'a mut TcpStream,
     scratch: &'a mut ReadScratch,
     outbound: &'a mut Outbound,
+    queued_total: &'a mut QueuedTotal,
     guard: &'a mut Utf8Guard,
 }
 
@@ -246,7 +251,7 @@ impl Read for LoopStream<'_> {
 
 impl Write for LoopStream<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outbound.push_copy(buf);
+        self.outbound.push_copy(self.queued_total, buf);
         Ok(buf.len())
     }
 
@@ -261,13 +266,12 @@ pub struct WebSocketState {
     /// Fails a text message at its first invalid UTF-8 byte, before its frame is complete.
     guard: Utf8Guard,
     pub room: RoomKey,
-    /// This member's index in its room's member list.
-    pub slot: usize,
+    /// This member's index in its room's member list; None once it has left the room.
+    pub slot: Option<usize>,
     /// A ping was sent after the last thing heard; the next timer closes instead.
     pub pinged: bool,
-    /// Token bucket for `--max-rate`: tokens left, refilled from `rate_refilled`.
-    pub rate_tokens: f32,
-    pub rate_refilled: Instant,
+    /// `--max-rate`.
+    pub rate: TokenBucket,
 }
 
 pub enum Phase {
@@ -307,20 +311,13 @@ pub struct Connection {
     /// The last time anything arrived from the client.
     pub last_heard: Instant,
     /// The next time the loop must look at this connection (handshake, heartbeat, close).
-    pub deadline: Instant,
-    /// When this connection's one live timer entry fires (at or before `deadline`); None
-    /// when it has no entry.
-    pub timer_at: Option<Instant>,
+    pub timer: ConnectionTimer,
     /// On the loop's dirty list: has bytes to flush this pass.
     pub dirty: bool,
     /// The socket refused bytes; wait for a writable event before writing again.
     pub write_blocked: bool,
-    /// Stopped reading before `WouldBlock` (read budget, a full queue); the loop comes back.
-    pub read_owed: bool,
-    /// On the loop's list of owed reads (at most once).
-    pub owed_queued: bool,
-    /// The loop pass that last read it: one read budget per pass.
-    pub read_pass: u64,
+    /// Reads owed and the pass that last read it (one read budget per pass).
+    pub reads: ReadFlags,
     /// Why it is closing, once it is.
     pub close_reason: Option<CloseReason>,
     /// It became a WebSocket at some point: its end is logged at info.
@@ -343,13 +340,10 @@ impl Connection {
             phase: Phase::Http { head: Vec::new() },
             outbound: Outbound::default(),
             last_heard: now,
-            deadline,
-            timer_at: None,
+            timer: ConnectionTimer::new(deadline),
             dirty: false,
             write_blocked: false,
-            read_owed: false,
-            owed_queued: false,
-            read_pass: u64::MAX,
+            reads: ReadFlags::default(),
             close_reason: None,
             upgraded: false,
         }
@@ -370,8 +364,9 @@ impl Connection {
         }
     }
 
-    /// Reads request-head bytes into the HTTP buffer, at most up to `limit` bytes held.
-    /// Returns Ok(false) at end of stream.
+    /// Reads request-head bytes into the HTTP buffer, never holding more than `limit` bytes
+    /// (the socket is read for no more than what fits; the rest stays in the kernel, where TCP
+    /// pushes back on the client). Returns Ok(false) at end of stream.
     pub fn read_http(
         &mut self,
         scratch: &mut ReadScratch,
@@ -382,7 +377,7 @@ impl Connection {
             return Ok(true);
         };
         while head.len() < limit {
-            match scratch.fill(&mut self.socket) {
+            match scratch.fill(&mut self.socket, limit - head.len()) {
                 Ok(0) => return Ok(false),
                 Ok(_) => {
                     head.extend_from_slice(scratch.pending());
@@ -390,14 +385,14 @@ impl Connection {
                     self.last_heard = now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.read_owed = scratch.budget_exhausted;
+                    self.reads.owed = scratch.budget_exhausted;
                     return Ok(true);
                 }
                 Err(e) => return Err(e),
             }
         }
         // The buffer is full; what is left in the socket is read once it has been used.
-        self.read_owed = true;
+        self.reads.owed = true;
         Ok(true)
     }
 
@@ -410,17 +405,21 @@ impl Connection {
             context: WebSocketContext::from_partially_read(rest, Role::Server, Some(config)),
             guard,
             room,
-            slot,
+            slot: Some(slot),
             pinged: false,
-            rate_tokens: f32::MAX,
-            rate_refilled: self.last_heard,
+            rate: TokenBucket::new(self.last_heard),
         }));
     }
 
     /// Reads one message (or control frame) from a WebSocket connection. tungstenite does the
     /// protocol: it unmasks, validates, reassembles fragments and queues pong and close
     /// replies into our outbound queue.
-    pub fn read_websocket(&mut self, scratch: &mut ReadScratch, now: Instant) -> WsRead {
+    pub fn read_websocket(
+        &mut self,
+        scratch: &mut ReadScratch,
+        queued_total: &mut QueuedTotal,
+        now: Instant,
+    ) -> WsRead {
         let Phase::WebSocket(ws) = &mut self.phase else {
             return WsRead::WouldBlock;
         };
@@ -429,6 +428,7 @@ impl Connection {
             socket: &mut self.socket,
             scratch,
             outbound: &mut self.outbound,
+            queued_total,
             guard: &mut ws.guard,
         };
         let result = ws.context.read(&mut stream);
@@ -444,7 +444,7 @@ impl Connection {
             }
             Ok(_) => WsRead::Control,
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.read_owed = stream.scratch.budget_exhausted;
+                self.reads.owed = stream.scratch.budget_exhausted;
                 WsRead::WouldBlock
             }
             Err(error) => {
@@ -460,25 +460,31 @@ impl Connection {
 
     /// Starts the closing handshake from our side (shutdown, idle, slow consumer, rate).
     /// Bytes not yet started are discarded for a slow consumer so the Close goes out next.
-    pub fn send_close(&mut self, reason: CloseReason, scratch: &mut ReadScratch) {
+    pub fn send_close(
+        &mut self,
+        reason: CloseReason,
+        scratch: &mut ReadScratch,
+        queued_total: &mut QueuedTotal,
+    ) {
         self.close_reason.get_or_insert(reason);
         let Phase::WebSocket(ws) = &mut self.phase else {
             return;
         };
         if reason == CloseReason::SlowConsumer {
-            self.outbound.drop_unstarted_messages(0);
+            self.outbound.drop_unstarted_messages(queued_total, 0);
         }
         let mut stream = LoopStream {
             socket: &mut self.socket,
             scratch,
             outbound: &mut self.outbound,
+            queued_total,
             guard: &mut ws.guard,
         };
         let _ = ws.context.close(&mut stream, reason.close_frame());
     }
 
     /// Queues a ping (heartbeat).
-    pub fn send_ping(&mut self, scratch: &mut ReadScratch) {
+    pub fn send_ping(&mut self, scratch: &mut ReadScratch, queued_total: &mut QueuedTotal) {
         let Phase::WebSocket(ws) = &mut self.phase else {
             return;
         };
@@ -486,6 +492,7 @@ impl Connection {
             socket: &mut self.socket,
             scratch,
             outbound: &mut self.outbound,
+            queued_total,
             guard: &mut ws.guard,
         };
         if ws
@@ -532,7 +539,7 @@ impl Connection {
                 Err(_) => return true,
             }
         }
-        self.read_owed = true;
+        self.reads.owed = true;
         false
     }
 }

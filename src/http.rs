@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use bytes::Bytes;
+
 use crate::config::{MAX_HEAD_SIZE, MAX_HEADERS, MAX_ROOM_NAME};
 
 /// A status we answer with, and its reason phrase.
@@ -316,9 +318,10 @@ fn check_upgrade(
 /// What a request asks for, once its path is looked at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// Join the room named by the path.
+    /// Join the room named by the path; `key` is the client's `Sec-WebSocket-Key`.
     WebSocket {
         room: String,
+        key: String,
     },
     Health,
     Metrics,
@@ -336,12 +339,13 @@ pub const METRICS_PATH: &str = "/metrics";
 pub fn route(request: &Request, is_asset: impl Fn(&str) -> bool) -> Result<Route, HttpError> {
     let path = request.path.as_str();
     let reserved = path == HEALTH_PATH || path == METRICS_PATH;
-    if request.upgrade.is_some() {
+    if let Some(upgrade) = &request.upgrade {
         if reserved || is_asset(path) {
             return Err(HttpError::NotFound);
         }
         return Ok(Route::WebSocket {
             room: room_name(path)?,
+            key: upgrade.key.clone(),
         });
     }
     if path == HEALTH_PATH {
@@ -440,25 +444,45 @@ pub fn switching_protocols(key: &str) -> Vec<u8> {
         .finish(None, true)
 }
 
-/// An error or short plain-text answer: head and body in one buffer.
-pub fn text_response(
-    status: Status,
-    body: &str,
-    extra: &[(&str, &str)],
-    keep_alive: bool,
-    head_only: bool,
-) -> Vec<u8> {
-    let mut head = ResponseHead::new(status)
-        .header("Content-Type", "text/plain; charset=utf-8")
-        .header("Cache-Control", "no-store");
-    for (name, value) in extra {
-        head = head.header(name, value);
+/// One HTTP response: a head and, for most statuses, a body. It owns the rule for what goes
+/// on the wire: a response to HEAD carries the head (with the length the body would have) and
+/// no body; a 304 has no body at all.
+pub struct Response {
+    head: ResponseHead,
+    body: Option<Bytes>,
+}
+
+impl Response {
+    pub fn new(head: ResponseHead, body: Option<Bytes>) -> Self {
+        Response { head, body }
     }
-    let mut bytes = head.finish(Some(body.len()), keep_alive);
-    if !head_only {
-        bytes.extend_from_slice(body.as_bytes());
+
+    /// An error or short plain-text answer, with extra headers.
+    pub fn text(status: Status, body: &str, extra: &[(&str, &str)]) -> Self {
+        let mut head = ResponseHead::new(status)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .header("Cache-Control", "no-store");
+        for (name, value) in extra {
+            head = head.header(name, value);
+        }
+        Response::new(head, Some(Bytes::copy_from_slice(body.as_bytes())))
     }
-    bytes
+
+    pub fn status(&self) -> Status {
+        self.head.status
+    }
+
+    /// The bytes to send in answer to `method`: the finished head, then the body (shared,
+    /// never copied) when the method and status call for one.
+    pub fn into_wire(self, method: Method, keep_alive: bool) -> (Vec<u8>, Option<Bytes>) {
+        let body_len = self.body.as_ref().map(Bytes::len);
+        let head = self.head.finish(body_len, keep_alive);
+        let body = match method {
+            Method::Head => None,
+            Method::Get => self.body.filter(|body| !body.is_empty()),
+        };
+        (head, body)
+    }
 }
 
 /// An IMF-fixdate (RFC 9110 5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
@@ -544,7 +568,8 @@ mod tests {
         assert_eq!(
             route(&request, no_assets),
             Ok(Route::WebSocket {
-                room: "/lobby".into()
+                room: "/lobby".into(),
+                key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
             })
         );
     }
@@ -686,17 +711,28 @@ mod tests {
 
     #[test]
     fn text_responses_carry_length_and_connection() {
-        let bytes = text_response(Status::NotFound, "not found\n", &[], false, false);
-        let text = String::from_utf8(bytes).unwrap();
+        let wire = |response: Response, method, keep_alive| {
+            let (head, body) = response.into_wire(method, keep_alive);
+            let mut bytes = head;
+            bytes.extend_from_slice(body.as_deref().unwrap_or_default());
+            String::from_utf8(bytes).unwrap()
+        };
+        let text = wire(
+            Response::text(Status::NotFound, "not found\n", &[]),
+            Method::Get,
+            false,
+        );
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(text.contains("Content-Length: 10\r\n"));
         assert!(text.contains("Connection: close\r\n"));
         assert!(text.ends_with("\r\n\r\nnot found\n"));
-        let head = text_response(Status::Ok, "ok\n", &[], true, true);
-        assert!(
-            String::from_utf8(head)
-                .unwrap()
-                .ends_with("Content-Length: 3\r\nConnection: keep-alive\r\n\r\n")
-        );
+        // HEAD: the length the body would have, no body.
+        let head = wire(Response::text(Status::Ok, "ok\n", &[]), Method::Head, true);
+        assert!(head.ends_with("Content-Length: 3\r\nConnection: keep-alive\r\n\r\n"));
+        // 304: no body and no length.
+        let not_modified = Response::new(ResponseHead::new(Status::NotModified), None);
+        let text = wire(not_modified, Method::Get, true);
+        assert!(!text.contains("Content-Length"));
+        assert!(text.ends_with("\r\n\r\n"));
     }
 }

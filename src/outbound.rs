@@ -14,6 +14,8 @@ use std::io::{self, IoSlice, Write};
 
 use bytes::Bytes;
 
+use crate::config::SlowClientPolicy;
+
 /// Frames at least this large are shared between recipients instead of copied. Below it a
 /// memcpy is cheaper than an extra iovec and a reference count: measured, copying wins by 16 %
 /// at 256 B and 4 % at 1 KiB, sharing by 4 % at 4 KiB and 76 % at 16 KiB (docs/benchmarks.md,
@@ -82,7 +84,8 @@ fn frame_is_data(frame: &[u8]) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
     Queued,
-    /// The frame was not queued: the queue was over budget (drop-newest).
+    /// The new frame was not queued (drop-newest, or no room could be made under drop-oldest);
+    /// nothing else was discarded.
     Dropped,
     /// Over budget and the policy is to close: the caller closes the connection.
     OverBudget,
@@ -91,11 +94,38 @@ pub enum Offer {
 }
 
 /// What a flush did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Flushed {
+    /// Bytes that went to the socket, whatever happened after them.
     pub bytes: usize,
-    /// True when the socket would take no more: wait for writable.
-    pub blocked: bool,
+    pub outcome: FlushOutcome,
+}
+
+/// How a flush ended.
+#[derive(Debug)]
+pub enum FlushOutcome {
+    /// The queue is empty, or the socket may take more.
+    Open,
+    /// The socket would take no more: wait for writable.
+    Blocked,
+    /// The socket failed; the connection is over. Bytes written before the failure are in
+    /// [`Flushed::bytes`] and already gone from the queue and the total.
+    Failed(io::Error),
+}
+
+/// The bytes waiting in every connection's outbound queue together: the process-wide budget
+/// (`--max-outbound-total`) is judged on it. Every queue mutation takes it by `&mut` and keeps
+/// it exact, so no call site adjusts it by hand. (A shared `Rc<Cell>` would make the server
+/// `!Send`; an atomic costs a locked add per delivery.)
+#[derive(Debug, Default)]
+pub struct QueuedTotal {
+    bytes: usize,
+}
+
+impl QueuedTotal {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 #[derive(Debug, Default)]
@@ -118,22 +148,32 @@ impl Outbound {
         self.len == 0
     }
 
+    fn grow(&mut self, total: &mut QueuedTotal, bytes: usize) {
+        self.len += bytes;
+        total.bytes += bytes;
+    }
+
+    fn shrink(&mut self, total: &mut QueuedTotal, bytes: usize) {
+        self.len -= bytes;
+        total.bytes -= bytes;
+    }
+
     /// Queues bytes that are not WebSocket frames (HTTP responses, the 101).
-    pub fn push_opaque(&mut self, bytes: Vec<u8>) {
+    pub fn push_opaque(&mut self, total: &mut QueuedTotal, bytes: Vec<u8>) {
         if bytes.is_empty() {
             return;
         }
-        self.len += bytes.len();
+        self.grow(total, bytes.len());
         self.segments.push_back(Segment::Opaque(bytes));
     }
 
     /// Queues whole frames that must go out whatever the budget: control frames from
     /// tungstenite, history on join.
-    pub fn push_copy(&mut self, bytes: &[u8]) {
+    pub fn push_copy(&mut self, total: &mut QueuedTotal, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
-        self.len += bytes.len();
+        self.grow(total, bytes.len());
         if let Some(Segment::Copied(last)) = self.segments.back_mut()
             && (last.len() + bytes.len() <= SEGMENT_CAPACITY
                 || last.capacity() - last.len() >= bytes.len())
@@ -148,22 +188,23 @@ impl Outbound {
     }
 
     /// Queues a shared buffer without copying it (a large frame, a static file body).
-    pub fn push_shared(&mut self, bytes: Bytes) {
+    pub fn push_shared(&mut self, total: &mut QueuedTotal, bytes: Bytes) {
         if bytes.is_empty() {
             return;
         }
-        self.len += bytes.len();
+        self.grow(total, bytes.len());
         self.segments.push_back(Segment::Shared(bytes));
     }
 
-    /// Offers one encoded data frame under a byte budget. Called once per recipient of a
-    /// broadcast; `frame` is the same encoded frame for every recipient.
+    /// Offers one encoded data frame under a byte budget, applying the slow-client policy when
+    /// it does not fit. Called once per recipient of a broadcast; `frame` is the same encoded
+    /// frame for every recipient.
     pub fn offer(
         &mut self,
+        total: &mut QueuedTotal,
         frame: &EncodedFrame,
         budget: usize,
-        drop_oldest: bool,
-        close: bool,
+        policy: SlowClientPolicy,
     ) -> Offer {
         let size = frame.len();
         let mut dropped = 0;
@@ -171,23 +212,24 @@ impl Outbound {
             if size > budget {
                 return Offer::Dropped;
             }
-            if close {
-                return Offer::OverBudget;
+            match policy {
+                SlowClientPolicy::Close => return Offer::OverBudget,
+                SlowClientPolicy::DropNewest => return Offer::Dropped,
+                SlowClientPolicy::DropOldest => {}
             }
-            if !drop_oldest {
+            // Discarding older messages is only worth it if that makes room: a frame half
+            // written, control frames and HTTP bytes cannot be discarded.
+            if self.len - self.unstarted_data_bytes() + size > budget {
                 return Offer::Dropped;
             }
             // Free a quarter of the budget beyond what this frame needs, so a reader that
             // stays slow costs one compaction per many messages, not one per message.
             let target = budget.saturating_sub(size).saturating_sub(budget / 4);
-            dropped = self.drop_unstarted_messages(target);
-            if self.len + size > budget {
-                return Offer::Dropped;
-            }
+            dropped = self.drop_unstarted_messages(total, target);
         }
         match frame {
-            EncodedFrame::Small(bytes) => self.push_copy(bytes),
-            EncodedFrame::Large(bytes) => self.push_shared(bytes.clone()),
+            EncodedFrame::Small(bytes) => self.push_copy(total, bytes),
+            EncodedFrame::Large(bytes) => self.push_shared(total, bytes.clone()),
         }
         if dropped > 0 {
             Offer::QueuedAfterDropping(dropped)
@@ -196,15 +238,43 @@ impl Outbound {
         }
     }
 
+    /// Bytes that `drop_unstarted_messages(0)` would free: whole data frames not yet started.
+    fn unstarted_data_bytes(&self) -> usize {
+        let mut droppable = 0;
+        for (index, segment) in self.segments.iter().enumerate() {
+            let written = if index == 0 { self.head } else { 0 };
+            match segment {
+                Segment::Opaque(_) => {}
+                Segment::Shared(bytes) => {
+                    if written == 0 && frame_is_data(bytes) {
+                        droppable += bytes.len();
+                    }
+                }
+                Segment::Copied(buffer) => {
+                    let mut start = 0;
+                    while start < buffer.len() {
+                        let end = (start + frame_len(&buffer[start..])).min(buffer.len());
+                        if start >= written && frame_is_data(&buffer[start..end]) {
+                            droppable += end - start;
+                        }
+                        start = end;
+                    }
+                }
+            }
+        }
+        droppable
+    }
+
     /// Discards whole data frames that have not started to go out, oldest first, until at most
     /// `target` bytes remain; control frames, HTTP bytes and a frame already half written stay.
     /// Returns how many messages were discarded. Used by drop-oldest and by the process-wide
     /// budget; it costs a walk over the queue, so callers free a margin at once.
-    pub fn drop_unstarted_messages(&mut self, target: usize) -> usize {
+    pub fn drop_unstarted_messages(&mut self, total: &mut QueuedTotal, target: usize) -> usize {
         if self.len <= target {
             return 0;
         }
         let mut dropped = 0;
+        let mut freed = 0;
         let segments = std::mem::take(&mut self.segments);
         let mut kept = VecDeque::with_capacity(segments.len());
         for (index, segment) in segments.into_iter().enumerate() {
@@ -213,8 +283,8 @@ impl Outbound {
             match segment {
                 Segment::Opaque(bytes) => kept.push_back(Segment::Opaque(bytes)),
                 Segment::Shared(bytes) => {
-                    if written == 0 && self.len > target && frame_is_data(&bytes) {
-                        self.len -= bytes.len();
+                    if written == 0 && self.len - freed > target && frame_is_data(&bytes) {
+                        freed += bytes.len();
                         dropped += 1;
                     } else {
                         kept.push_back(Segment::Shared(bytes));
@@ -226,8 +296,8 @@ impl Outbound {
                     while start < buffer.len() {
                         let end = (start + frame_len(&buffer[start..])).min(buffer.len());
                         let droppable = start >= written && frame_is_data(&buffer[start..end]);
-                        if droppable && self.len > target {
-                            self.len -= end - start;
+                        if droppable && self.len - freed > target {
+                            freed += end - start;
                             dropped += 1;
                             rebuilt.get_or_insert_with(|| buffer[..start].to_vec());
                         } else if let Some(out) = rebuilt.as_mut() {
@@ -245,19 +315,19 @@ impl Outbound {
         }
         // A partly written front segment always keeps its written prefix, so `head` stays valid.
         self.segments = kept;
+        self.shrink(total, freed);
         dropped
     }
 
-    /// Writes as much as the socket takes in one `writev`. Called once per dirty connection
-    /// per loop pass (and again when the socket becomes writable).
-    pub fn flush_once(&mut self, writer: &mut impl Write) -> io::Result<Flushed> {
+    /// Writes as much as the socket takes, one `writev` of up to 64 slices at a time. Called
+    /// once per dirty connection per loop pass (and again when the socket becomes writable).
+    /// Whatever happens, the bytes that went out are reported and leave the queue and the
+    /// total.
+    pub fn flush_once(&mut self, total: &mut QueuedTotal, writer: &mut impl Write) -> Flushed {
         let mut written_total = 0;
-        loop {
+        let outcome = loop {
             if self.len == 0 {
-                return Ok(Flushed {
-                    bytes: written_total,
-                    blocked: false,
-                });
+                break FlushOutcome::Open;
             }
             let empty: &[u8] = &[];
             let mut slices = [IoSlice::new(empty); MAX_IOVECS];
@@ -273,37 +343,42 @@ impl Outbound {
             }
             let written = match writer.write_vectored(&slices[..count]) {
                 Ok(0) => {
-                    return Err(io::Error::new(
+                    break FlushOutcome::Failed(io::Error::new(
                         io::ErrorKind::WriteZero,
                         "socket took no bytes",
                     ));
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Flushed {
-                        bytes: written_total,
-                        blocked: true,
-                    });
-                }
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break FlushOutcome::Blocked,
+                Err(e) => break FlushOutcome::Failed(e),
             };
             let offered: usize = slices[..count].iter().map(|s| s.len()).sum();
             written_total += written;
-            self.consume(written);
+            self.consume(total, written);
             // A short write means the socket buffer is full: the next try would only
             // return WouldBlock, a wasted system call. Wait for writable instead.
             if written < offered {
-                return Ok(Flushed {
-                    bytes: written_total,
-                    blocked: true,
-                });
+                break FlushOutcome::Blocked;
             }
+        };
+        Flushed {
+            bytes: written_total,
+            outcome,
         }
     }
 
-    fn consume(&mut self, mut written: usize) {
-        self.len -= written;
+    /// Empties the queue (the connection is being removed).
+    pub fn clear(&mut self, total: &mut QueuedTotal) {
+        let len = self.len;
+        self.shrink(total, len);
+        self.segments = VecDeque::new();
+        self.head = 0;
+        self.spare = Vec::new();
+    }
+
+    fn consume(&mut self, total: &mut QueuedTotal, mut written: usize) {
+        self.shrink(total, written);
         while written > 0 {
             let Some(front) = self.segments.front() else {
                 break;
@@ -348,10 +423,6 @@ impl EncodedFrame {
             EncodedFrame::Large(b) => b.len(),
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -370,13 +441,18 @@ mod tests {
         EncodedFrame::Small(server_frame(0x1, payload))
     }
 
-    fn drain(queue: &mut Outbound) -> Vec<u8> {
+    fn drain(queue: &mut Outbound, total: &mut QueuedTotal) -> Vec<u8> {
         let mut out = Vec::new();
         while !queue.is_empty() {
-            queue.flush_once(&mut out).unwrap();
+            assert!(matches!(
+                queue.flush_once(total, &mut out).outcome,
+                FlushOutcome::Open
+            ));
         }
         out
     }
+
+    use SlowClientPolicy::{Close, DropNewest, DropOldest};
 
     /// A writer that takes at most `room` bytes, then would block.
     struct Narrow {
@@ -402,80 +478,177 @@ mod tests {
 
     #[test]
     fn drop_newest_refuses_over_budget_and_queues_nothing() {
-        let mut queue = Outbound::default();
+        let (mut queue, mut total) = (Outbound::default(), QueuedTotal::default());
         let frame = small(&[b'a'; 40]); // 42 bytes
-        assert_eq!(queue.offer(&frame, 100, false, false), Offer::Queued);
-        assert_eq!(queue.offer(&frame, 100, false, false), Offer::Queued);
-        assert_eq!(queue.offer(&frame, 100, false, false), Offer::Dropped);
+        assert_eq!(
+            queue.offer(&mut total, &frame, 100, DropNewest),
+            Offer::Queued
+        );
+        assert_eq!(
+            queue.offer(&mut total, &frame, 100, DropNewest),
+            Offer::Queued
+        );
+        assert_eq!(
+            queue.offer(&mut total, &frame, 100, DropNewest),
+            Offer::Dropped
+        );
         assert_eq!(queue.len(), 84);
+        assert_eq!(total.bytes(), 84);
     }
 
     #[test]
     fn close_policy_reports_over_budget() {
-        let mut queue = Outbound::default();
+        let (mut queue, mut total) = (Outbound::default(), QueuedTotal::default());
         let frame = small(&[b'a'; 40]);
-        queue.offer(&frame, 100, false, true);
-        queue.offer(&frame, 100, false, true);
-        assert_eq!(queue.offer(&frame, 100, false, true), Offer::OverBudget);
+        queue.offer(&mut total, &frame, 100, Close);
+        queue.offer(&mut total, &frame, 100, Close);
+        assert_eq!(
+            queue.offer(&mut total, &frame, 100, Close),
+            Offer::OverBudget
+        );
     }
 
     #[test]
     fn drop_oldest_keeps_control_frames_and_the_newest_messages_whole() {
-        let mut queue = Outbound::default();
-        queue.offer(&small(b"one"), 1000, true, false);
-        queue.push_copy(&server_frame(0x9, b"ping"));
-        queue.offer(&small(b"two"), 1000, true, false);
-        queue.push_shared(Bytes::from(server_frame(0x2, &[7; 100])));
-        queue.push_copy(&server_frame(0x8, &[3, 232]));
-        let dropped = queue.drop_unstarted_messages(0);
+        let (mut queue, mut total) = (Outbound::default(), QueuedTotal::default());
+        queue.offer(&mut total, &small(b"one"), 1000, DropOldest);
+        queue.push_copy(&mut total, &server_frame(0x9, b"ping"));
+        queue.offer(&mut total, &small(b"two"), 1000, DropOldest);
+        queue.push_shared(&mut total, Bytes::from(server_frame(0x2, &[7; 100])));
+        queue.push_copy(&mut total, &server_frame(0x8, &[3, 232]));
+        let dropped = queue.drop_unstarted_messages(&mut total, 0);
         assert_eq!(dropped, 3);
         let expected = [server_frame(0x9, b"ping"), server_frame(0x8, &[3, 232])].concat();
         assert_eq!(queue.len(), expected.len());
-        assert_eq!(drain(&mut queue), expected);
+        assert_eq!(total.bytes(), expected.len());
+        assert_eq!(drain(&mut queue, &mut total), expected);
+        assert_eq!(total.bytes(), 0);
     }
 
     #[test]
     fn drop_oldest_spares_a_frame_already_half_written() {
-        let mut queue = Outbound::default();
-        queue.offer(&small(b"first message"), 1000, true, false);
-        queue.offer(&small(b"second"), 1000, true, false);
+        let (mut queue, mut total) = (Outbound::default(), QueuedTotal::default());
+        queue.offer(&mut total, &small(b"first message"), 1000, DropOldest);
+        queue.offer(&mut total, &small(b"second"), 1000, DropOldest);
         let mut socket = Narrow {
             taken: Vec::new(),
             room: 5,
         };
-        let flushed = queue.flush_once(&mut socket).unwrap();
-        assert!(flushed.blocked);
-        assert_eq!(queue.drop_unstarted_messages(0), 1);
+        let flushed = queue.flush_once(&mut total, &mut socket);
+        assert!(matches!(flushed.outcome, FlushOutcome::Blocked));
+        assert_eq!(queue.drop_unstarted_messages(&mut total, 0), 1);
         socket.room = usize::MAX;
         while !queue.is_empty() {
-            queue.flush_once(&mut socket).unwrap();
+            queue.flush_once(&mut total, &mut socket);
         }
         assert_eq!(socket.taken, server_frame(0x1, b"first message"));
+        assert_eq!(total.bytes(), 0);
     }
 
     #[test]
     fn drop_oldest_makes_room_for_the_newest() {
-        let mut queue = Outbound::default();
+        let (mut queue, mut total) = (Outbound::default(), QueuedTotal::default());
         for i in 0..10u8 {
-            let outcome = queue.offer(&small(&[i; 20]), 100, true, false);
+            let outcome = queue.offer(&mut total, &small(&[i; 20]), 100, DropOldest);
             assert!(matches!(
                 outcome,
                 Offer::Queued | Offer::QueuedAfterDropping(_)
             ));
             assert!(queue.len() <= 100);
+            assert_eq!(total.bytes(), queue.len());
         }
         // The newest is last, and every frame in the queue is whole.
-        let bytes = drain(&mut queue);
+        let bytes = drain(&mut queue, &mut total);
         assert_eq!(bytes.len() % 22, 0);
         assert_eq!(&bytes[bytes.len() - 22..], server_frame(0x1, &[9; 20]));
+    }
+
+    /// Review bug 2: with a half-written frame at the head and small messages behind it, one
+    /// offer discarded the old messages and then dropped the new one too, and was counted as
+    /// one drop. Now nothing is discarded when discarding cannot make room.
+    #[test]
+    fn drop_oldest_discards_nothing_when_that_cannot_make_room() {
+        let (mut queue, mut total) = (Outbound::default(), QueuedTotal::default());
+        queue.offer(&mut total, &small(&[1; 60]), 100, DropOldest); // 62 bytes
+        let mut socket = Narrow {
+            taken: Vec::new(),
+            room: 2,
+        };
+        queue.flush_once(&mut total, &mut socket); // the head frame is now half written
+        queue.offer(&mut total, &small(b"a"), 100, DropOldest); // 3 bytes
+        queue.offer(&mut total, &small(b"b"), 100, DropOldest); // 3 bytes
+        let before = queue.len();
+        // 60 + 3 + 3 queued; a 42-byte frame fits only if the head frame could go.
+        let outcome = queue.offer(&mut total, &small(&[2; 40]), 100, DropOldest);
+        assert_eq!(outcome, Offer::Dropped);
+        assert_eq!(
+            queue.len(),
+            before,
+            "older messages were discarded for nothing"
+        );
+        socket.room = usize::MAX;
+        while !queue.is_empty() {
+            queue.flush_once(&mut total, &mut socket);
+        }
+        let tail = [server_frame(0x1, b"a"), server_frame(0x1, b"b")].concat();
+        assert!(socket.taken.ends_with(&tail));
+    }
+
+    /// A writer that takes `first` bytes on its first call and fails on the next.
+    struct FailsSecondTime {
+        first: usize,
+        calls: usize,
+    }
+
+    impl Write for FailsSecondTime {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls == 1 {
+                Ok(buf.len().min(self.first))
+            } else {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+        }
+
+        fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+            let offered = slices.iter().map(|s| s.len()).sum();
+            self.write(&vec![0; offered])
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Review bug 1: a flush of more than 64 segments whose second write failed returned the
+    /// error alone, and the bytes of the first write were lost from the process total.
+    #[test]
+    fn a_failed_flush_still_reports_and_accounts_the_bytes_written_before_it() {
+        let (mut queue, mut total) = (Outbound::default(), QueuedTotal::default());
+        for _ in 0..100 {
+            queue.push_shared(&mut total, Bytes::from(server_frame(0x2, &[5; 10])));
+        }
+        let first_write = 64 * 12;
+        let mut socket = FailsSecondTime {
+            first: first_write,
+            calls: 0,
+        };
+        let flushed = queue.flush_once(&mut total, &mut socket);
+        assert!(matches!(flushed.outcome, FlushOutcome::Failed(_)));
+        assert_eq!(flushed.bytes, first_write);
+        assert_eq!(queue.len(), 100 * 12 - first_write);
+        assert_eq!(total.bytes(), queue.len());
+        queue.clear(&mut total);
+        assert_eq!(total.bytes(), 0);
     }
 
     #[test]
     fn a_frame_larger_than_the_budget_is_dropped_under_every_policy() {
         let frame = small(&[0; 120]);
-        for (oldest, close) in [(false, false), (true, false), (false, true)] {
-            let mut queue = Outbound::default();
-            assert_eq!(queue.offer(&frame, 100, oldest, close), Offer::Dropped);
+        for policy in [DropNewest, DropOldest, Close] {
+            let (mut queue, mut total) = (Outbound::default(), QueuedTotal::default());
+            assert_eq!(queue.offer(&mut total, &frame, 100, policy), Offer::Dropped);
+            assert_eq!(total.bytes(), 0);
         }
     }
 }

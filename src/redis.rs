@@ -89,6 +89,7 @@
 //!   does for pub/sub). Frames are bounded to `max_message_size + 1 KiB`.
 
 use crate::message::MessageKind;
+use crate::stats::MetricsPage;
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -1404,6 +1405,70 @@ impl RedisLink {
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
+
+/// The Redis link's lines for `/metrics`.
+pub(crate) fn render_metrics(link: &RedisLink) -> String {
+    let stats = link.stats();
+    let mut page = MetricsPage::default();
+    let (g, c) = ("gauge", "counter");
+    let up = u8::from(matches!(link.state(), LinkState::Up));
+    page.single("wschat_redis_up", g, "1 while the Redis link is up.", up);
+    page.single(
+        "wschat_redis_published_total",
+        c,
+        "Messages published to Redis and acknowledged.",
+        stats.published,
+    );
+    page.single(
+        "wschat_redis_publish_dropped_total",
+        c,
+        "Messages not published: link down, queue full or too large.",
+        stats.publish_dropped,
+    );
+    page.single(
+        "wschat_redis_publish_lost_total",
+        c,
+        "Messages in flight when the link failed.",
+        stats.publish_lost,
+    );
+    page.single(
+        "wschat_redis_received_total",
+        c,
+        "Messages received from other nodes.",
+        stats.received,
+    );
+    page.single(
+        "wschat_redis_received_own_total",
+        c,
+        "This node's own messages seen on a channel and skipped.",
+        stats.received_own_skipped,
+    );
+    page.single(
+        "wschat_redis_received_malformed_total",
+        c,
+        "Channel messages that were not wschat envelopes.",
+        stats.received_malformed,
+    );
+    page.single(
+        "wschat_redis_reconnects_total",
+        c,
+        "Times the link came back after being up.",
+        stats.reconnects,
+    );
+    page.single(
+        "wschat_redis_subscribed_rooms",
+        g,
+        "Rooms this node is subscribed to.",
+        link.subscribed_rooms(),
+    );
+    page.single(
+        "wschat_redis_queued_bytes",
+        g,
+        "Publish bytes not yet written to Redis.",
+        link.queued_bytes(),
+    );
+    page.finish()
+}
 
 #[cfg(test)]
 mod tests {

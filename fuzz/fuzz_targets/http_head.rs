@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
             }
             for is_asset in [false, true] {
                 match http::route(&request, |path| is_asset && path.ends_with(".js")) {
-                    Ok(Route::WebSocket { room }) => {
+                    Ok(Route::WebSocket { room, .. }) => {
                         assert!(room.starts_with('/') && room.len() <= MAX_ROOM_NAME);
                         assert!(room == "/" || !room.ends_with('/'));
                     }
@@ -42,6 +42,6 @@ fn check_error(error: http::HttpError) {
     let code = error.status().code();
     assert!((400..600).contains(&code), "error status {code}");
     let body = format!("{error}\n");
-    let response = http::text_response(error.status(), &body, &[], false, false);
+    let (response, _) = http::Response::text(error.status(), &body, &[]).into_wire(http::Method::Get, false);
     assert!(response.starts_with(b"HTTP/1.1 "));
 }

@@ -1,0 +1,383 @@
+//! The event loop: one `mio::Poll`, the listener, the only `Slab<Connection>`, the timers, and
+//! the dirty and doomed lists. Everything that involves more than one connection happens here.
+//!
+//! One pass of the loop: wait for events (the timeout is the nearest deadline), handle each
+//! (reads parse frames and queue copies to recipients), fire due timers, enforce the
+//! process-wide outbound budget, flush every dirty connection once, then remove the doomed.
+//!
+//! `Server` is one struct whose methods live in one file per concern:
+//!
+//! | file | concern |
+//! |---|---|
+//! | `mod.rs` | the struct, bind, the run loop, the poll timeout |
+//! | `accept.rs` | accepting and admitting sockets, the open-file limit |
+//! | `requests.rs` | HTTP requests and responses before any upgrade |
+//! | `websocket.rs` | readiness, the read schedule, the upgrade, WebSocket reads |
+//! | `relay.rs` | rooms, fan-out, the rate limit, messages from other nodes |
+//! | `write.rs` | flushing dirty connections, the process-wide outbound budget |
+//! | `lifecycle.rs` | timers and deadlines, closing, doom and reap |
+//! | `shutdown.rs` | signals, reload, drain |
+//! | `metrics.rs` | the figures `/metrics`, `/healthz` and the stats line read |
+//! | `timers.rs`, `read_schedule.rs` | small types that own their invariants |
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use log::{info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::assets::{AssetError, Assets};
+use crate::config::{Config, ConfigError, PageSource, RESERVED_FDS};
+use crate::connection::{Connection, ReadScratch};
+use crate::outbound::QueuedTotal;
+use crate::redis::{Incoming, RedisConfig, RedisLink};
+use crate::room::{HistoryLimits, Rooms};
+use crate::stats::{ProcessInfo, Stats};
+use crate::systemd::{self, Notifier};
+
+mod accept;
+mod lifecycle;
+mod metrics;
+pub(crate) mod read_schedule;
+mod relay;
+mod requests;
+mod shutdown;
+pub(crate) mod timers;
+mod websocket;
+mod write;
+
+use read_schedule::ReadSchedule;
+use timers::{ConnectionTimers, LoopDeadlines};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+const REDIS_SUBSCRIBE: Token = Token(usize::MAX - 4);
+const REDIS_PUBLISH: Token = Token(usize::MAX - 5);
+/// Connection keys stay below this, clear of the special tokens above.
+const MAX_KEY: usize = usize::MAX - 16;
+/// Events taken per poll call.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug)]
+pub enum ServerError {
+    Config(ConfigError),
+    Bind(SocketAddr, io::Error),
+    SocketActivation(io::Error),
+    Assets(AssetError),
+    Poll(io::Error),
+    Signals(io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Config(e) => write!(f, "invalid settings: {e}"),
+            ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            ServerError::SocketActivation(e) => write!(f, "systemd socket activation: {e}"),
+            ServerError::Assets(e) => write!(f, "{e}"),
+            ServerError::Poll(e) => write!(f, "event loop failure: {e}"),
+            ServerError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// Stops a running server from another thread (tests, embedding).
+#[derive(Clone)]
+pub struct ServerHandle {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ServerHandle {
+    /// Begins a graceful shutdown, as SIGTERM does.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            warn!("cannot wake the event loop: {e}");
+        }
+    }
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    connections: Slab<Connection>,
+    rooms: Rooms,
+    config: Config,
+    websocket_config: WebSocketConfig,
+    assets: Assets,
+    stats: Stats,
+    /// The read buffer every connection uses in turn.
+    scratch: ReadScratch,
+    /// Every connection's deadline.
+    timers: ConnectionTimers,
+    /// The loop's own deadlines.
+    deadlines: LoopDeadlines,
+    /// Connections that stopped reading before `WouldBlock` and must be read again.
+    reads: ReadSchedule,
+    /// Connections with bytes to flush this pass.
+    dirty: Vec<usize>,
+    /// Connections to remove at the end of this pass.
+    doomed: Vec<usize>,
+    next_id: u64,
+    max_connections: usize,
+    /// Sum of every connection's outbound queue, kept by the queues themselves.
+    queued: QueuedTotal,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    started: Instant,
+    now: Instant,
+    notifier: Option<Notifier>,
+    stats_at_last_line: Stats,
+    /// The link to the other wschat processes sharing rooms through Redis (`--redis`).
+    redis: Option<RedisLink>,
+    /// Messages from other nodes, delivered after the batch of events.
+    redis_incoming: Vec<Incoming>,
+    /// Over `--max-outbound-total` since the last pass (the warning is logged once).
+    over_total_budget: bool,
+    /// The last /proc reading and when it was taken.
+    process_info: Option<(Instant, ProcessInfo)>,
+}
+
+impl Server {
+    /// Checks the settings, raises the open-file limit, loads the page and binds the listening
+    /// socket (or takes the one systemd passed). Nothing is served until [`Server::run`].
+    pub fn bind(config: Config) -> Result<Server, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
+        let assets = match &config.page {
+            PageSource::BuiltIn => Assets::built_in(),
+            PageSource::Dir(dir) => Assets::load_dir(dir).map_err(ServerError::Assets)?,
+        };
+        let fd_limit = accept::raise_open_file_limit();
+        let fd_allowed = fd_limit.saturating_sub(RESERVED_FDS).max(1);
+        let max_connections = match config.max_connections {
+            Some(wanted) if wanted > fd_allowed => {
+                warn!(
+                    "--max-connections {wanted} exceeds what the open-file limit ({fd_limit}) allows; using {fd_allowed}"
+                );
+                fd_allowed
+            }
+            Some(wanted) => wanted,
+            None => fd_allowed,
+        };
+
+        let activated = if config.systemd {
+            systemd::take_listener().map_err(ServerError::SocketActivation)?
+        } else {
+            None
+        };
+        let mut listener = match activated {
+            Some(std_listener) => TcpListener::from_std(std_listener),
+            None => {
+                let address = SocketAddr::new(config.bind, config.port);
+                TcpListener::bind(address).map_err(|e| ServerError::Bind(address, e))?
+            }
+        };
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| ServerError::Bind(SocketAddr::new(config.bind, config.port), e))?;
+        let poll = Poll::new().map_err(ServerError::Poll)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(ServerError::Poll)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServerError::Poll)?);
+        let now = Instant::now();
+        let notifier = if config.systemd {
+            Notifier::from_env()
+        } else {
+            None
+        };
+        let redis = match &config.redis {
+            Some(url) => {
+                let mut link_config = RedisConfig::new(url.clone(), crate::redis::random_node_id());
+                link_config.sharded = config.redis_sharded;
+                link_config.max_message_size = config.max_message_size;
+                Some(
+                    RedisLink::new(link_config, poll.registry(), REDIS_SUBSCRIBE, REDIS_PUBLISH)
+                        .map_err(ServerError::Poll)?,
+                )
+            }
+            None => None,
+        };
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            connections: Slab::new(),
+            rooms: Rooms::new(HistoryLimits {
+                messages: config.history,
+                bytes: config.history_bytes,
+                rooms: max_connections,
+            }),
+            websocket_config: config.websocket_config(),
+            assets,
+            stats: Stats::default(),
+            scratch: ReadScratch::default(),
+            timers: ConnectionTimers::default(),
+            deadlines: LoopDeadlines {
+                stats: config.stats_interval.map(|every| now + every),
+                ..LoopDeadlines::default()
+            },
+            reads: ReadSchedule::default(),
+            dirty: Vec::new(),
+            doomed: Vec::new(),
+            next_id: 1,
+            max_connections,
+            queued: QueuedTotal::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            signals: None,
+            started: now,
+            now,
+            stats_at_last_line: Stats::default(),
+            redis,
+            redis_incoming: Vec::new(),
+            over_total_budget: false,
+            process_info: None,
+            notifier,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            stop: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Runs the loop until a shutdown has drained. Returns an error only if polling fails.
+    pub fn run(mut self) -> Result<(), ServerError> {
+        info!(
+            "limits: max-connections={} max-message-size={} max-outbound={} max-outbound-total={} slow-client={}; worst-case memory the limits allow: {} MiB",
+            self.max_connections,
+            self.config.max_message_size,
+            self.config.max_outbound,
+            self.config.max_outbound_total,
+            self.config.slow_client,
+            self.config.worst_case_memory(self.max_connections) / (1024 * 1024)
+        );
+        if let Some(notifier) = &self.notifier {
+            notifier.notify("READY=1");
+            if let Some(every) = notifier.watchdog_every {
+                self.deadlines.watchdog = Some(self.now + every);
+            }
+        }
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            if let Some(redis) = self.redis.as_mut() {
+                // Every publish of the last pass leaves in one write.
+                redis.flush();
+            }
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServerError::Poll(e));
+            }
+            let pass_started = Instant::now();
+            self.now = pass_started;
+            // Reads owed from earlier passes; reads owed during this one wait for the next.
+            let owed = self.reads.take(&mut self.connections);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    SIGNALS => self.on_signals(),
+                    REDIS_SUBSCRIBE | REDIS_PUBLISH => {
+                        if let Some(redis) = self.redis.as_mut() {
+                            redis.on_event(event, &mut self.redis_incoming);
+                        }
+                    }
+                    Token(key) => {
+                        let readable =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        let writable = event.is_writable() || event.is_write_closed();
+                        self.on_connection_event(key, readable, writable);
+                    }
+                }
+            }
+            if self.stop.load(Ordering::SeqCst) && self.deadlines.drain.is_none() {
+                self.begin_drain();
+            }
+            self.serve_owed_reads(&owed);
+            self.fire_timers();
+            self.deliver_from_redis();
+            self.enforce_total_budget();
+            self.flush_dirty();
+            self.reap_doomed();
+            #[cfg(debug_assertions)]
+            self.check_queued_total();
+            self.stats.record_loop(pass_started.elapsed());
+            if self.drained() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The poll timeout: zero when reads are owed, else the time to the nearest deadline, or
+    /// forever when nothing is scheduled (an idle server does not wake up).
+    fn poll_timeout(&mut self) -> Option<std::time::Duration> {
+        if self.reads.any_owed() {
+            return Some(std::time::Duration::ZERO);
+        }
+        let connections = &self.connections;
+        let next_connection = self.timers.next_wake(|key, id, at| {
+            connections
+                .get(key)
+                .is_some_and(|c| c.id == id && timers::entry_is_live(&c.timer, at))
+        });
+        let nearest = [
+            next_connection,
+            self.deadlines.nearest(),
+            self.redis.as_ref().and_then(|r| r.next_deadline()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        timers::poll_timeout(nearest, Instant::now())
+    }
+}
+
+impl timers::TimerTable for Slab<Connection> {
+    fn timer(&mut self, key: usize) -> Option<(u64, &mut timers::ConnectionTimer)> {
+        self.get_mut(key).map(|c| (c.id, &mut c.timer))
+    }
+}
+
+impl read_schedule::ReadTable for Slab<Connection> {
+    fn read_flags(&mut self, key: usize) -> Option<&mut read_schedule::ReadFlags> {
+        self.get_mut(key).map(|c| &mut c.reads)
+    }
+}
+
+/// Puts a connection on the dirty list once per pass.
+fn mark_dirty(dirty: &mut Vec<usize>, key: usize, conn: &mut Connection) {
+    if !conn.dirty && !conn.outbound.is_empty() {
+        conn.dirty = true;
+        dirty.push(key);
+    }
+}

@@ -1,0 +1,110 @@
+//! Writing: each dirty connection is flushed once per pass (one `writev`), after the
+//! process-wide outbound budget has been enforced.
+
+use log::{trace, warn};
+
+use super::Server;
+use crate::config::SlowClientPolicy;
+use crate::connection::{CloseReason, Phase};
+use crate::outbound::FlushOutcome;
+use crate::stats::DropReason;
+
+impl Server {
+    /// The process-wide budget: when all queues together exceed `--max-outbound-total`, the
+    /// largest queues are shed first by the slow-client policy. Called once per pass, before
+    /// the flush.
+    pub(super) fn enforce_total_budget(&mut self) {
+        let limit = self.config.max_outbound_total;
+        if self.queued.bytes() <= limit {
+            self.over_total_budget = false;
+            return;
+        }
+        // This pass queued its fan-out before any flush: judge by the bytes the sockets
+        // refuse, not by a burst fast readers are about to take.
+        self.flush_dirty();
+        // Bytes of connections already closing cannot be shed (their Close is among them);
+        // they leave within CLOSE_TIMEOUT. Counting them would close innocent members.
+        let mut unsheddable: usize = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.close_reason.is_some())
+            .map(|(_, c)| c.outbound.len())
+            .sum();
+        if self.queued.bytes().saturating_sub(unsheddable) <= limit {
+            return;
+        }
+        let mut largest: Vec<(usize, usize)> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| {
+                c.accepts_messages() && !c.outbound.is_empty() && c.close_reason.is_none()
+            })
+            .map(|(key, c)| (c.outbound.len(), key))
+            .collect();
+        largest.sort_unstable_by(|a, b| b.cmp(a));
+        if !self.over_total_budget {
+            // Once per episode, not once per pass.
+            warn!(
+                "outbound total {} bytes over --max-outbound-total {}; shedding the largest queues",
+                self.queued.bytes(),
+                limit
+            );
+            self.over_total_budget = true;
+        }
+        for (_, key) in largest {
+            if self.queued.bytes().saturating_sub(unsheddable) <= limit {
+                break;
+            }
+            if self.config.slow_client == SlowClientPolicy::Close {
+                self.close_slow_consumer(key);
+                unsheddable += self.connections.get(key).map_or(0, |c| c.outbound.len());
+            } else if let Some(conn) = self.connections.get_mut(key) {
+                let excess = self.queued.bytes() - unsheddable - limit;
+                let target = conn.outbound.len().saturating_sub(excess);
+                let dropped = conn
+                    .outbound
+                    .drop_unstarted_messages(&mut self.queued, target);
+                self.stats
+                    .drop_message(DropReason::TotalBudget, dropped as u64);
+            }
+        }
+    }
+
+    /// Writes each dirty connection once (one `writev`), then moves closing connections on.
+    /// Called once per pass, after the events and timers.
+    pub(super) fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            let Some(conn) = self.connections.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.write_blocked {
+                continue;
+            }
+            let flushed = conn.outbound.flush_once(&mut self.queued, &mut conn.socket);
+            self.stats.bytes_sent += flushed.bytes as u64;
+            match flushed.outcome {
+                FlushOutcome::Open => {}
+                FlushOutcome::Blocked => conn.write_blocked = true,
+                FlushOutcome::Failed(e) => {
+                    trace!("conn={} write failed: {e}", conn.id);
+                    self.doom(key, CloseReason::ClientGone);
+                    continue;
+                }
+            }
+            if conn.outbound.is_empty() && matches!(conn.phase, Phase::Closing { .. }) {
+                self.progress_closing(key);
+            }
+            // A read held back until the queue drained (a pipelined request, a client over its
+            // budget, a closing peer with more to discard) may go on now.
+            self.owe_read(key);
+        }
+        // Keep the list's allocation for the next pass.
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+}
