@@ -87,7 +87,11 @@ pub struct Environment<'a> {
 /// Parses the arguments (without the program name).
 pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageError> {
     let port_env = env.port;
-    let mut config = Config::default();
+    let mut config = Config {
+        // A daemon started by systemd speaks its protocols unless told not to.
+        systemd: true,
+        ..Config::default()
+    };
     if let Some(url) = env.redis.filter(|u| !u.is_empty()) {
         config.redis = Some(
             crate::redis::RedisUrl::parse(url)
@@ -287,6 +291,12 @@ mod tests {
             Command::Run(config, _) => Ok(*config),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_command_line_speaks_systemd_unless_told_not_to() {
+        assert!(run(&[]).unwrap().systemd);
+        assert!(!run(&["--no-systemd"]).unwrap().systemd);
     }
 
     #[test]

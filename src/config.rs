@@ -178,7 +178,9 @@ impl Default for Config {
             history: 0,
             history_bytes: DEFAULT_HISTORY_BYTES,
             history_ttl: DEFAULT_HISTORY_TTL,
-            systemd: true,
+            // Library users (tests, embedding) get no systemd integration unless they ask;
+            // the command line turns it on (`--no-systemd` turns it off again).
+            systemd: false,
             redis: None,
             redis_sharded: false,
         }
@@ -204,9 +206,21 @@ impl Config {
         if self.max_message_size == 0 {
             return fail("--max-message-size must be at least 1 byte");
         }
-        // A message must fit in the outbound budget, or every message would be a slow-client event.
-        if self.max_outbound < self.max_message_size + 14 {
+        // A message must fit in the outbound budget, or every message would be a slow-client
+        // event. Saturating: sizes come from the command line and may be huge.
+        let largest_frame = self
+            .max_message_size
+            .saturating_add(MAX_SERVER_FRAME_HEADER);
+        if self.max_outbound < largest_frame {
             return fail("--max-outbound must exceed --max-message-size");
+        }
+        // A joiner's history is queued before any live message: a full history plus the
+        // largest message must fit its budget, or the history alone could close it as slow.
+        if self.history > 0 && self.history_bytes.saturating_add(largest_frame) > self.max_outbound
+        {
+            return fail(
+                "--history-bytes plus --max-message-size must fit in --max-outbound (a joiner's history must not make it a slow consumer)",
+            );
         }
         if self.max_outbound_total < self.max_outbound {
             return fail("--max-outbound-total must be at least --max-outbound");
@@ -263,6 +277,9 @@ impl Config {
     }
 }
 
+/// A server frame's header is at most 10 bytes (2, plus 8 for a 64-bit length; never masked).
+pub const MAX_SERVER_FRAME_HEADER: usize = 10;
+
 /// Bytes tungstenite copies per read call out of the loop's shared read buffer.
 pub const READ_BUFFER_SIZE: usize = 64;
 
@@ -283,6 +300,52 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn huge_sizes_do_not_overflow_the_checks() {
+        let config = Config {
+            max_message_size: usize::MAX,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        let config = Config {
+            max_message_size: usize::MAX - 5,
+            max_outbound: usize::MAX,
+            max_outbound_total: usize::MAX,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    /// Review bug 7: history larger than the outbound budget closed joiners as slow.
+    #[test]
+    fn history_must_fit_in_a_joiners_budget() {
+        let config = Config {
+            history: 100,
+            history_bytes: 2 * 1024 * 1024,
+            ..Config::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert!(error.0.contains("--history-bytes"), "{error}");
+        // Without history the sizes do not matter.
+        let config = Config {
+            history: 0,
+            history_bytes: 2 * 1024 * 1024,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        // The defaults fit.
+        let config = Config {
+            history: 100,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn systemd_integration_is_off_for_library_users() {
+        assert!(!Config::default().systemd);
     }
 
     #[test]

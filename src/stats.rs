@@ -1,5 +1,7 @@
 //! Counters kept by the loop as plain integers, and the `/metrics` page rendered from them in
-//! one pass. Nothing here steers control flow.
+//! one pass. Two of them also steer the loop: `websockets_open` is what the connection cap and
+//! `/healthz` are judged on, and `loop_iterations` numbers the pass for the one-read-per-pass
+//! rule.
 
 use std::fmt::Write as _;
 use std::time::Duration;
