@@ -628,6 +628,13 @@ impl Server {
                     .header("Cache-Control", "no-store");
                 (head, Some(Bytes::from(page)))
             }
+            Route::Config => {
+                let json = http::client_config_json(self.config.echo, self.config.max_message_size);
+                let head = ResponseHead::new(Status::Ok)
+                    .header("Content-Type", "application/json")
+                    .header("Cache-Control", "no-store");
+                (head, Some(Bytes::from(json)))
+            }
             Route::Asset(path) => match self.assets.get(&path) {
                 Some(asset) => asset_response(asset, request.if_none_match.as_deref()),
                 None => (
