@@ -2,7 +2,7 @@
 //!
 //! A connection starts in HTTP. Its bytes are offered to [`parse_head`] until a whole head has
 //! arrived (bounded by [`MAX_HEAD_SIZE`]); [`route`] then decides what the request is: a
-//! WebSocket upgrade, a page, `/healthz`, `/metrics`, or an error with its status.
+//! WebSocket upgrade, a page, `/healthz`, `/metrics`, `/config.json`, or an error with its status.
 
 use std::fmt;
 
@@ -325,6 +325,8 @@ pub enum Route {
     },
     Health,
     Metrics,
+    /// The settings the page needs from the server (see [`client_config_json`]).
+    Config,
     /// One of the page's files, by its path.
     Asset(String),
     /// The chat page itself, for the room named by the path.
@@ -333,12 +335,15 @@ pub enum Route {
 
 pub const HEALTH_PATH: &str = "/healthz";
 pub const METRICS_PATH: &str = "/metrics";
+/// Reserved like the two above: the server's answer wins over a `--static-dir` file of that
+/// name, because the page relies on it.
+pub const CONFIG_PATH: &str = "/config.json";
 
 /// Decides what a complete request is for. `is_asset` says whether a path names a file of the
 /// page. Called once per request head.
 pub fn route(request: &Request, is_asset: impl Fn(&str) -> bool) -> Result<Route, HttpError> {
     let path = request.path.as_str();
-    let reserved = path == HEALTH_PATH || path == METRICS_PATH;
+    let reserved = path == HEALTH_PATH || path == METRICS_PATH || path == CONFIG_PATH;
     if let Some(upgrade) = &request.upgrade {
         if reserved || is_asset(path) {
             return Err(HttpError::NotFound);
@@ -353,6 +358,9 @@ pub fn route(request: &Request, is_asset: impl Fn(&str) -> bool) -> Result<Route
     }
     if path == METRICS_PATH {
         return Ok(Route::Metrics);
+    }
+    if path == CONFIG_PATH {
+        return Ok(Route::Config);
     }
     if is_asset(path) {
         return Ok(Route::Asset(path.to_string()));
@@ -522,6 +530,15 @@ pub fn http_date(time: std::time::SystemTime) -> String {
     )
 }
 
+/// The body of `/config.json`: what the page must know about the server it talks to. Without
+/// `echo` the page never hides a received message (nothing that arrives can be its own); with
+/// it, the page takes the echoes of what it sent as its own. `maxMessageSize` is in bytes
+/// (UTF-8 for text), the limit over which the server closes with 1009, so the page refuses
+/// such a message before sending it. Both values are a bool and an integer: no escaping needed.
+pub fn client_config_json(echo: bool, max_message_size: usize) -> String {
+    format!("{{\"echo\":{echo},\"maxMessageSize\":{max_message_size}}}")
+}
+
 /// Does this `Origin` belong to the same host the request was sent to?
 pub fn origin_matches_host(origin: &str, host: &str) -> bool {
     let without_scheme = origin
@@ -667,6 +684,26 @@ mod tests {
         assert_eq!(route_of("/missing.png"), Err(HttpError::NotFound));
         assert_eq!(route_of("/healthz"), Ok(Route::Health));
         assert_eq!(route_of("/metrics"), Ok(Route::Metrics));
+        assert_eq!(route_of("/config.json"), Ok(Route::Config));
+        assert_eq!(route_of("/lobby/config.json"), Err(HttpError::NotFound));
+        // The server's settings win over a page file of that name.
+        let everything_is_an_asset = |_: &str| true;
+        let config = complete("GET /config.json HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(route(&config, everything_is_an_asset), Ok(Route::Config));
+        let upgrade = complete(&UPGRADE.replace("/lobby", "/config.json"));
+        assert_eq!(route(&upgrade, no_assets), Err(HttpError::NotFound));
+    }
+
+    #[test]
+    fn client_config_is_json_with_the_servers_values() {
+        assert_eq!(
+            client_config_json(false, 65_536),
+            r#"{"echo":false,"maxMessageSize":65536}"#
+        );
+        assert_eq!(
+            client_config_json(true, 16 << 20),
+            r#"{"echo":true,"maxMessageSize":16777216}"#
+        );
     }
 
     #[test]

@@ -324,3 +324,47 @@ fn an_upgrade_sent_with_the_clients_fin_leaves_no_member_behind() {
         server.metric("wschat_websockets_open") == 0.0
     });
 }
+
+#[test]
+fn config_json_tells_the_page_the_servers_echo_and_message_limit() {
+    let server = start_default();
+    let reply = server.get("/config.json");
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(reply.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(
+        reply.body_text(),
+        r#"{"echo":false,"maxMessageSize":65536}"#
+    );
+    drop(server);
+
+    let server = start(Config {
+        echo: true,
+        max_message_size: 3000,
+        ..config()
+    });
+    let reply = server.get("/config.json");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body_text(), r#"{"echo":true,"maxMessageSize":3000}"#);
+    // HEAD: the same headers, no body.
+    let mut stream = server.raw();
+    stream
+        .write_all(b"HEAD /config.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("Content-Type: application/json\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("Content-Length: {}\r\n", reply.body.len())),
+        "{head}"
+    );
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut rest).unwrap();
+    assert!(rest.is_empty(), "no body after a HEAD response: {rest:?}");
+}

@@ -117,6 +117,13 @@ impl Server {
                     .header("Cache-Control", "no-store");
                 Response::new(head, Some(Bytes::from(page)))
             }
+            Route::Config => {
+                let json = http::client_config_json(self.config.echo, self.config.max_message_size);
+                let head = ResponseHead::new(Status::Ok)
+                    .header("Content-Type", "application/json")
+                    .header("Cache-Control", "no-store");
+                Response::new(head, Some(Bytes::from(json)))
+            }
             Route::Asset(path) => asset_response(self.assets.get(&path), &request),
             Route::Page => asset_response(self.assets.index(), &request),
         };

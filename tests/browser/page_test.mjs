@@ -2,7 +2,8 @@
 // Usage: WSCHAT_URL=http://127.0.0.1:6969 node page_test.mjs   (exit code != 0 on failure)
 // Optional env: CHROMIUM (default /usr/bin/chromium), WSCHAT_SHOTS (screenshot dir),
 //   WSCHAT_STOP_CMD / WSCHAT_START_CMD (shell commands to stop / start the server:
-//   enables the "not connected" + reconnect checks), WSCHAT_STATIC (static dir for the file: check).
+//   enables the "not connected" + reconnect checks), WSCHAT_STATIC (static dir for the file: check),
+//   WSCHAT_MAX_MESSAGE_SIZE (the server's --max-message-size in bytes, default 65536).
 import { chromium } from 'playwright-core';
 import { execSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -16,6 +17,7 @@ const staticDir = process.env.WSCHAT_STATIC || path.join(here, '..', '..', 'stat
 const shots = process.env.WSCHAT_SHOTS || '';
 const room = '/pagetest-' + Math.random().toString(36).slice(2, 8) + '/sub';
 const roomUrl = new URL(room, base).href;
+const limit = Number(process.env.WSCHAT_MAX_MESSAGE_SIZE || 65536);
 
 let failures = 0;
 function check(ok, what) { console.log((ok ? 'ok   ' : 'FAIL ') + what); if (!ok) failures++; }
@@ -87,13 +89,35 @@ try {
   await waitCount(b, 'other', 'dup', 2); await sleep(800);
   check(await count(a, 'own', 'dup') === 2 && await count(a, 'other', 'dup') === 0 && await count(b, 'other', 'dup') === 2, 'repeated text shown twice');
 
-  // Too large (UTF-8 bytes, not characters): refused with a notice, text kept.
-  const big = '€'.repeat(25000); // 75000 bytes, 25000 chars
+  // A peer's message equal to one you just sent is theirs: shown, with or without --echo.
+  // Fresh pages, so this is the first message either sends (as in the bug report).
+  {
+    const r = new URL('/pagetest-same-' + Math.random().toString(36).slice(2, 8), base).href;
+    const c = await open(r), d = await open(r);
+    await connected(c); await connected(d);
+    const same = 'same text ' + Date.now();
+    await sendVia(c, same);
+    await waitCount(d, 'other', same, 1);
+    await sendVia(d, same);
+    await waitCount(c, 'other', same, 1); await sleep(800);
+    check(await count(c, 'own', same) === 1 && await count(c, 'other', same) === 1, "peer's copy of my text shown to me");
+    check(await count(d, 'own', same) === 1 && await count(d, 'other', same) === 1, 'peer shows both copies too');
+    await c.context().close(); await d.context().close();
+  }
+
+  // The limit is the server's --max-message-size (from config.json), in UTF-8 bytes, not
+  // characters: one byte over is refused with a notice and the text kept; exactly at it is sent.
+  const big = '€'.repeat(Math.floor(limit / 3) + 1); // over the limit in bytes, under it in chars
   const before = await a.locator('#log li').count();
   await sendVia(a, big);
-  check((await a.locator('#notice').textContent()).includes('Not sent'), 'oversize message refused with a notice');
+  const notice = await a.locator('#notice').textContent();
+  check(notice.includes('Not sent') && notice.includes('limit is ' + limit + ' bytes'), 'oversize message refused with a notice: ' + notice);
   check(await a.inputValue('#msg') === big && await a.locator('#log li').count() === before, 'oversize text kept, nothing logged');
-  await a.fill('#msg', '');
+  const fits = '€'.repeat(Math.floor(limit / 3)) + 'a'.repeat(limit % 3); // exactly the limit
+  await sendVia(a, fits);
+  await waitCount(b, 'other', fits, 1); await sleep(300);
+  check(await count(a, 'own', fits) === 1 && await count(b, 'other', fits) === 1 && await state(a) === 'connected',
+    'a message of exactly ' + limit + ' bytes is sent and delivered');
 
   // Binary message (sent by a raw socket) shows as a placeholder.
   await b.evaluate(u => new Promise((res, rej) => {
