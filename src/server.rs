@@ -31,9 +31,10 @@ use crate::connection::{CloseReason, Connection, Phase, ReadScratch, WsRead};
 use crate::http::{self, Head, HttpError, Method, Request, ResponseHead, Route, Status};
 use crate::message::MessageKind;
 use crate::outbound::{EncodedFrame, Offer, SHARE_THRESHOLD};
+use crate::redis::metrics::render as redis_metrics;
 use crate::redis::{Incoming, LinkState, RedisConfig, RedisLink};
 use crate::room::{HistoryLimits, Rooms};
-use crate::stats::{DropReason, Gauges, MetricsPage, ProcessInfo, Refusal, Stats};
+use crate::stats::{DropReason, Gauges, ProcessInfo, Refusal, Stats};
 use crate::systemd::{self, Notifier};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -200,8 +201,14 @@ impl Server {
                 link_config.sharded = config.redis_sharded;
                 link_config.max_message_size = config.max_message_size;
                 Some(
-                    RedisLink::new(link_config, poll.registry(), REDIS_SUBSCRIBE, REDIS_PUBLISH)
-                        .map_err(ServerError::Poll)?,
+                    RedisLink::new(
+                        link_config,
+                        poll.registry(),
+                        REDIS_SUBSCRIBE,
+                        REDIS_PUBLISH,
+                        now,
+                    )
+                    .map_err(ServerError::Poll)?,
                 )
             }
             None => None,
@@ -297,7 +304,7 @@ impl Server {
         loop {
             if let Some(redis) = self.redis.as_mut() {
                 // Every publish of the last pass leaves in one write.
-                redis.flush();
+                redis.flush(self.now);
             }
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -322,7 +329,7 @@ impl Server {
                     SIGNALS => self.on_signals(),
                     REDIS_SUBSCRIBE | REDIS_PUBLISH => {
                         if let Some(redis) = self.redis.as_mut() {
-                            redis.on_event(event, &mut self.redis_incoming);
+                            redis.on_event(event, &mut self.redis_incoming, self.now);
                         }
                     }
                     Token(key) => {
@@ -685,9 +692,7 @@ impl Server {
                 None => (Status::Ok, "ok"),
                 Some(LinkState::Up) => (Status::Ok, "ok, redis up"),
                 Some(LinkState::Connecting) => (Status::Ok, "ok, redis connecting"),
-                Some(LinkState::Down { .. }) => {
-                    (Status::Ok, "ok, redis down (rooms are local only)")
-                }
+                Some(LinkState::Down) => (Status::Ok, "ok, redis down (rooms are local only)"),
             }
         }
     }
@@ -816,7 +821,7 @@ impl Server {
 
         let joined = self.rooms.join(&room, key);
         if let (true, Some(redis)) = (joined.first_member, self.redis.as_mut()) {
-            redis.subscribe(&room);
+            redis.subscribe(&room, self.now);
         }
         let Some(conn) = self.connections.get_mut(key) else {
             return false;
@@ -938,7 +943,7 @@ impl Server {
             ws.slot = slot;
         }
         if let (Some(redis), Some(name)) = (self.redis.as_mut(), &left.emptied) {
-            redis.unsubscribe(name);
+            redis.unsubscribe(name, self.now);
         }
         if left.last_member && self.config.history > 0 {
             let due = self.now + self.config.history_ttl;
@@ -968,7 +973,7 @@ impl Server {
         let except = if self.config.echo { None } else { Some(sender) };
         self.fan_out(room, kind, payload, except);
         if let (Some(redis), Some(entry)) = (self.redis.as_mut(), self.rooms.get(room)) {
-            redis.publish(&entry.name, kind, payload);
+            redis.publish(&entry.name, kind, payload, self.now);
         }
     }
 
@@ -1523,70 +1528,6 @@ fn write_now(socket: &mut TcpStream, bytes: &[u8]) -> usize {
             Err(_) => return 0,
         }
     }
-}
-
-/// The Redis link's lines for `/metrics`.
-fn redis_metrics(link: &RedisLink) -> String {
-    let stats = link.stats();
-    let mut page = MetricsPage::default();
-    let (g, c) = ("gauge", "counter");
-    let up = u8::from(matches!(link.state(), LinkState::Up));
-    page.single("wschat_redis_up", g, "1 while the Redis link is up.", up);
-    page.single(
-        "wschat_redis_published_total",
-        c,
-        "Messages published to Redis and acknowledged.",
-        stats.published,
-    );
-    page.single(
-        "wschat_redis_publish_dropped_total",
-        c,
-        "Messages not published: link down, queue full or too large.",
-        stats.publish_dropped,
-    );
-    page.single(
-        "wschat_redis_publish_lost_total",
-        c,
-        "Messages in flight when the link failed.",
-        stats.publish_lost,
-    );
-    page.single(
-        "wschat_redis_received_total",
-        c,
-        "Messages received from other nodes.",
-        stats.received,
-    );
-    page.single(
-        "wschat_redis_received_own_total",
-        c,
-        "This node's own messages seen on a channel and skipped.",
-        stats.received_own_skipped,
-    );
-    page.single(
-        "wschat_redis_received_malformed_total",
-        c,
-        "Channel messages that were not wschat envelopes.",
-        stats.received_malformed,
-    );
-    page.single(
-        "wschat_redis_reconnects_total",
-        c,
-        "Times the link came back after being up.",
-        stats.reconnects,
-    );
-    page.single(
-        "wschat_redis_subscribed_rooms",
-        g,
-        "Rooms this node is subscribed to.",
-        link.subscribed_rooms(),
-    );
-    page.single(
-        "wschat_redis_queued_bytes",
-        g,
-        "Publish bytes not yet written to Redis.",
-        link.queued_bytes(),
-    );
-    page.finish()
 }
 
 /// An HTTP connection waiting for its next request, with nothing half-read or unsent.
