@@ -57,6 +57,12 @@ pub(crate) fn render(link: &RedisLink) -> String {
         stats.publish_lost,
     );
     page.single(
+        "wschat_redis_publish_errors_total",
+        counter,
+        "Messages Redis answered with an error (e.g. MOVED in sharded mode).",
+        stats.publish_errors,
+    );
+    page.single(
         "wschat_redis_received_total",
         counter,
         "Messages received from other nodes.",
@@ -79,6 +85,12 @@ pub(crate) fn render(link: &RedisLink) -> String {
         counter,
         "Times the link came back after being up.",
         stats.reconnects,
+    );
+    page.single(
+        "wschat_redis_connect_failures_total",
+        counter,
+        "Connection attempts that failed before the link came up.",
+        stats.connect_failures,
     );
     page.single(
         "wschat_redis_subscribed_rooms",
