@@ -60,6 +60,11 @@ fn clients_on_two_nodes_share_a_room_and_only_that_room() {
     assert_silent(&mut elsewhere_b, Duration::from_millis(50));
     assert_eq!(a.metric("wschat_redis_published_total"), 1.0);
     assert_eq!(a.metric("wschat_redis_received_total"), 1.0);
+    // A healthy link counts no errors; the families are on the page all the same.
+    for node in [&a, &b] {
+        assert_eq!(node.metric("wschat_redis_publish_errors_total"), 0.0);
+        assert_eq!(node.metric("wschat_redis_connect_failures_total"), 0.0);
+    }
 }
 
 #[test]
@@ -193,6 +198,10 @@ fn a_password_protected_redis_needs_the_password_in_the_url() {
     let good = with(format!("redis://:s3cret@127.0.0.1:{port}/1"));
     let bad = with(format!("redis://:wrong@127.0.0.1:{port}"));
     wait_redis_up(&good);
+    eventually("the wrong password counted as a failed attempt", || {
+        bad.metric("wschat_redis_connect_failures_total") >= 1.0
+    });
+    assert_eq!(good.metric("wschat_redis_connect_failures_total"), 0.0);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         bad.metric("wschat_redis_up"),
@@ -220,9 +229,62 @@ fn a_host_name_is_resolved_and_the_link_comes_up() {
     let b = node(&redis);
     wait_redis_up(&a);
     wait_redis_up(&b);
+    assert_eq!(a.metric("wschat_redis_connect_failures_total"), 0.0);
     let mut on_a = a.client("/named");
     let mut on_b = b.client("/named");
     eventually("both subscribed", || numsub(&redis, "/named") == "2");
     on_b.send(Message::text("found you")).unwrap();
     assert_eq!(next_text(&mut on_a), "found you");
+}
+
+/// Bug 3 of issue 10: a start by host name logged a WARN and counted a connect failure on
+/// every start, because the first attempt ran before the name lookup had answered.
+#[test]
+fn a_start_by_host_name_logs_no_warning_and_counts_no_failure() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let by_name = format!("redis://localhost:{}", redis.port);
+    let mut node = daemon(&["--redis", &by_name]);
+    node.wait_for_line("the link up", |line| line.contains("redis: link up"));
+    assert_eq!(node.metric("wschat_redis_connect_failures_total"), 0.0);
+    assert!(
+        !node.log_text().contains("WARN"),
+        "a normal start warned:\n{}",
+        node.log_text()
+    );
+}
+
+/// Bug 4 of issue 10: PUBLISH errors were counted but not exported. A user that may subscribe
+/// but not publish gets an error for every PUBLISH; each one shows in /metrics.
+#[test]
+fn publish_errors_show_in_the_metrics() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let created = redis.cli(&[
+        "ACL", "SETUSER", "reader", "on", ">pw", "~*", "&*", "+@all", "-publish",
+    ]);
+    assert_eq!(created, "OK");
+    let a = start(Config {
+        redis: Some(
+            wschat::redis::RedisUrl::parse(&format!("redis://reader:pw@127.0.0.1:{}", redis.port))
+                .unwrap(),
+        ),
+        ..config()
+    });
+    wait_redis_up(&a);
+    let mut sender = a.client("/denied");
+    let mut receiver = a.client("/denied");
+    wait_for_members(&a, 2);
+    for n in 0..3 {
+        sender.send(Message::text(format!("m{n}"))).unwrap();
+        assert_eq!(next_text(&mut receiver), format!("m{n}"));
+    }
+    eventually("three publish errors", || {
+        a.metric("wschat_redis_publish_errors_total") == 3.0
+    });
+    assert_eq!(a.metric("wschat_redis_published_total"), 0.0);
+    // Refused publishes do not take the link down.
+    assert_eq!(a.metric("wschat_redis_up"), 1.0);
 }

@@ -378,6 +378,64 @@ fn the_page_is_strict_prometheus_text_0_0_4_with_every_family() {
     drop(a);
 }
 
+/// The Redis link's families, present whenever `--redis` is set.
+const REDIS_FAMILIES: &[(&str, &str)] = &[
+    ("wschat_redis_up", "gauge"),
+    ("wschat_redis_published_total", "counter"),
+    ("wschat_redis_publish_dropped_total", "counter"),
+    ("wschat_redis_publish_lost_total", "counter"),
+    ("wschat_redis_publish_errors_total", "counter"),
+    ("wschat_redis_received_total", "counter"),
+    ("wschat_redis_received_own_total", "counter"),
+    ("wschat_redis_received_malformed_total", "counter"),
+    ("wschat_redis_reconnects_total", "counter"),
+    ("wschat_redis_connect_failures_total", "counter"),
+    ("wschat_redis_subscribed_rooms", "gauge"),
+    ("wschat_redis_queued_bytes", "gauge"),
+];
+
+/// With `--redis`, the link's families follow the same rules. Nothing listens on the port
+/// (127.0.0.1, refused at once), so the link is down and its failed attempts are counted.
+#[test]
+fn the_redis_families_are_strict_too_and_count_failed_attempts() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let server = start(Config {
+        redis: Some(wschat::redis::RedisUrl::parse(&url).unwrap()),
+        ..config()
+    });
+    let mut client = server.client("/cluster");
+    client.send(Message::text("local only")).unwrap();
+    eventually("a failed attempt counted", || {
+        server.metric("wschat_redis_connect_failures_total") >= 1.0
+    });
+    let page = server.get("/metrics").body_text();
+    let families = parse_exposition(&page);
+    for (name, kind) in REQUIRED.iter().chain(REDIS_FAMILIES) {
+        let family = families
+            .get(*name)
+            .unwrap_or_else(|| panic!("missing {name}:\n{page}"));
+        assert_eq!(&family.kind, kind, "{name}");
+    }
+    for (name, _) in REDIS_FAMILIES {
+        assert_eq!(families[*name].samples.len(), 1, "{name}");
+    }
+    assert_eq!(value(&families, "wschat_redis_up", &[]), 0.0);
+    assert_eq!(value(&families, "wschat_redis_subscribed_rooms", &[]), 1.0);
+    assert_eq!(
+        value(&families, "wschat_redis_publish_dropped_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        value(&families, "wschat_redis_publish_errors_total", &[]),
+        0.0
+    );
+}
+
 #[test]
 fn the_validator_rejects_what_prometheus_would() {
     let good = "# HELP x_total X.\n# TYPE x_total counter\nx_total{a=\"1\"} 2\n";

@@ -21,9 +21,7 @@ impl Server {
                 None => (Status::Ok, "ok"),
                 Some(LinkState::Up) => (Status::Ok, "ok, redis up"),
                 Some(LinkState::Connecting) => (Status::Ok, "ok, redis connecting"),
-                Some(LinkState::Down { .. }) => {
-                    (Status::Ok, "ok, redis down (rooms are local only)")
-                }
+                Some(LinkState::Down) => (Status::Ok, "ok, redis down (rooms are local only)"),
             }
         }
     }
@@ -56,7 +54,7 @@ impl Server {
             extra: self
                 .redis
                 .as_ref()
-                .map(crate::redis::render_metrics)
+                .map(crate::redis::metrics::render)
                 .unwrap_or_default(),
         }
     }

@@ -206,8 +206,14 @@ impl Server {
                 link_config.sharded = config.redis_sharded;
                 link_config.max_message_size = config.max_message_size;
                 Some(
-                    RedisLink::new(link_config, poll.registry(), REDIS_SUBSCRIBE, REDIS_PUBLISH)
-                        .map_err(ServerError::Poll)?,
+                    RedisLink::new(
+                        link_config,
+                        poll.registry(),
+                        REDIS_SUBSCRIBE,
+                        REDIS_PUBLISH,
+                        now,
+                    )
+                    .map_err(ServerError::Poll)?,
                 )
             }
             None => None,
@@ -288,7 +294,7 @@ impl Server {
         loop {
             if let Some(redis) = self.redis.as_mut() {
                 // Every publish of the last pass leaves in one write.
-                redis.flush();
+                redis.flush(self.now);
             }
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -308,7 +314,7 @@ impl Server {
                     SIGNALS => self.on_signals(),
                     REDIS_SUBSCRIBE | REDIS_PUBLISH => {
                         if let Some(redis) = self.redis.as_mut() {
-                            redis.on_event(event, &mut self.redis_incoming);
+                            redis.on_event(event, &mut self.redis_incoming, self.now);
                         }
                     }
                     Token(key) => {

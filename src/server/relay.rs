@@ -31,7 +31,7 @@ impl Server {
             ws.slot = Some(slot);
         }
         if let (Some(redis), Some(name)) = (self.redis.as_mut(), &left.emptied) {
-            redis.unsubscribe(name);
+            redis.unsubscribe(name, self.now);
         }
         if left.last_member && self.config.history > 0 {
             let due = self.now + self.config.history_ttl;
@@ -61,7 +61,7 @@ impl Server {
         let except = if self.config.echo { None } else { Some(sender) };
         self.fan_out(room, kind, payload, except);
         if let (Some(redis), Some(entry)) = (self.redis.as_mut(), self.rooms.get(room)) {
-            redis.publish(&entry.name, kind, payload);
+            redis.publish(&entry.name, kind, payload, self.now);
         }
     }
 

@@ -131,7 +131,7 @@ impl Server {
 
         let joined = self.rooms.join(&room, key);
         if let (true, Some(redis)) = (joined.first_member, self.redis.as_mut()) {
-            redis.subscribe(&room);
+            redis.subscribe(&room, self.now);
         }
         let Some(conn) = self.connections.get_mut(key) else {
             return false;
