@@ -19,6 +19,10 @@ Options:
   --port N                    port to listen on; 0 picks one [default: 6969, or $PORT]
   --echo                      also send each message back to its sender
   --static-dir DIR            serve the page from DIR (loaded at start and on SIGHUP)
+  --tls-cert FILE             PEM certificate chain: with --tls-key, the port speaks TLS
+                              (https:// and wss://); both are read again on SIGHUP
+  --tls-key FILE              PEM private key (ECDSA, Ed25519 or RSA)
+  --tls-port N                serve TLS on this second port; --port stays plain
                               instead of the built-in one
   --log-level LEVEL           error, warn, info, debug, trace or off [default: info]
   --max-message-size BYTES    largest message (and frame) a client may send; larger ones
@@ -147,6 +151,19 @@ pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageErro
                 })?;
             }
             "--static-dir" => config.page = PageSource::Dir(PathBuf::from(value()?)),
+            "--tls-cert" | "--tls-key" | "--tls-port" if !cfg!(feature = "tls") => {
+                return Err(UsageError(format!(
+                    "{flag}: this build of wschat has no TLS (it was built without the \"tls\" feature)"
+                )));
+            }
+            "--tls-cert" => config.tls_cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => config.tls_key = Some(PathBuf::from(value()?)),
+            "--tls-port" => {
+                let v = value()?;
+                config.tls_port = Some(v.parse().map_err(|_| {
+                    UsageError(format!("--tls-port {v:?} is not a port number (0-65535)"))
+                })?);
+            }
             "--log-level" => {
                 let v = value()?;
                 level = v.parse().map_err(|_| {

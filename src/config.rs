@@ -148,6 +148,12 @@ pub struct Config {
     pub history: usize,
     pub history_bytes: usize,
     pub history_ttl: Duration,
+    /// PEM certificate chain and private key: with both, the listener speaks TLS (or only the
+    /// `tls_port` listener, when that is set).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// A second listener, for TLS, beside the plain one on `port`.
+    pub tls_port: Option<u16>,
     /// Use the systemd socket-activation and notification protocols when the environment says so.
     pub systemd: bool,
     /// Share rooms with other wschat processes through this Redis (`--redis`).
@@ -183,6 +189,9 @@ impl Default for Config {
             systemd: false,
             redis: None,
             redis_sharded: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_port: None,
         }
     }
 }
@@ -235,6 +244,14 @@ impl Config {
             && (rate.per_second.is_nan() || rate.per_second <= 0.0 || rate.burst < 1.0)
         {
             return fail("--max-rate must be above 0 and its burst at least 1");
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return fail("--tls-cert needs --tls-key"),
+            (None, Some(_)) => return fail("--tls-key needs --tls-cert"),
+            (None, None) if self.tls_port.is_some() => {
+                return fail("--tls-port needs --tls-cert and --tls-key");
+            }
+            _ => {}
         }
         if self.max_connections == Some(0) {
             return fail("--max-connections must be at least 1");

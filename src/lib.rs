@@ -19,6 +19,8 @@ mod room;
 mod server;
 mod stats;
 mod systemd;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use config::Config;
 pub use server::{Server, ServerError, ServerHandle};

@@ -5,11 +5,10 @@
 use std::io::{self, Write};
 
 use log::info;
-use mio::net::TcpStream;
 
 use super::{Server, mark_dirty};
 use crate::config::OriginPolicy;
-use crate::connection::{CloseReason, Phase, WsRead};
+use crate::connection::{CloseReason, Phase, Transport, WsRead};
 use crate::http::{self, Method, Request, Response, Status};
 use crate::stats::Refusal;
 
@@ -144,7 +143,7 @@ impl Server {
         };
         // A fresh socket takes the 101 at once; writing it now, not through the queue, keeps
         // an idle connection from holding queue memory it will not use again.
-        let sent = write_now(&mut conn.socket, &response);
+        let sent = write_now(&mut conn.transport, &response);
         self.stats.bytes_sent += sent as u64;
         if sent < response.len() {
             conn.outbound
@@ -232,9 +231,9 @@ impl Server {
 }
 
 /// Writes what the socket takes right now, without queueing; returns how many bytes went.
-fn write_now(socket: &mut TcpStream, bytes: &[u8]) -> usize {
+fn write_now(transport: &mut Transport, bytes: &[u8]) -> usize {
     loop {
-        match socket.write(bytes) {
+        match transport.write(bytes) {
             Ok(n) => return n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return 0,
