@@ -83,14 +83,6 @@ fn head_answers_headers_only() {
 }
 
 #[test]
-fn healthz_answers_ok() {
-    let server = start_default();
-    let reply = server.get("/healthz");
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.body_text(), "ok\n");
-}
-
-#[test]
 fn error_statuses() {
     let server = start_default();
     let cases: &[(&str, u16)] = &[
@@ -127,17 +119,6 @@ fn error_statuses() {
     }
     let reply = server.http("POST / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(reply.header("allow").as_deref(), Some("GET, HEAD"));
-}
-
-#[test]
-fn a_head_over_8_kib_gets_431() {
-    let server = start_default();
-    let mut request = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
-    while request.len() < 9000 {
-        request.push_str("X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
-    }
-    request.push_str("\r\n");
-    assert_eq!(server.http(&request).status, 431);
 }
 
 #[test]
@@ -199,12 +180,10 @@ fn the_first_frame_in_the_same_packet_as_the_upgrade_is_relayed() {
     let server = start_default();
     let mut listener = server.client("/same-packet");
     wait_for_members(&server, 1);
-    let mut stream = server.raw();
     let mut bytes = upgrade_request("/same-packet").into_bytes();
     bytes.extend(frame(0x81, b"early bird", true));
     bytes.extend(frame(0x82, &[1, 2, 3], true));
-    stream.write_all(&bytes).unwrap();
-    let head = read_head(&mut stream);
+    let (_stream, head) = server.raw_upgrade(&bytes);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(next_text(&mut listener), "early bird");
     assert_eq!(
@@ -262,7 +241,7 @@ fn a_client_that_pipelines_without_reading_does_not_make_the_loop_spin() {
     let request = "GET /chat.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
     greedy.set_nonblocking(true).unwrap();
     let _ = greedy.write(request.as_bytes());
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(scaled(Duration::from_millis(200)));
     let before = server.metric("wschat_loop_iterations_total");
     std::thread::sleep(Duration::from_millis(500));
     let after = server.metric("wschat_loop_iterations_total");
