@@ -216,17 +216,22 @@ fn a_thousand_slowloris_sockets_cost_little_and_do_not_delay_real_clients() {
 // ---------------------------------------------------------------------------------------
 // Message rate
 
-#[test]
-fn over_the_rate_messages_are_dropped_and_counted() {
-    let server = start(Config {
-        // The refill slows with the time scale, so a slow sender is not handed extra tokens.
+/// Two messages a second after a burst of `burst`. The refill slows with the time scale, so
+/// a slow sender is not handed extra tokens.
+fn rate_limited(burst: f64, over: OverRate) -> TestServer {
+    start(Config {
         rate_limit: Some(RateLimit {
             per_second: 2.0 / time_scale(),
-            burst: 5.0,
-            over: OverRate::Drop,
+            burst,
+            over,
         }),
         ..config()
-    });
+    })
+}
+
+#[test]
+fn over_the_rate_messages_are_dropped_and_counted() {
+    let server = rate_limited(5.0, OverRate::Drop);
     let mut sender = server.client("/");
     let mut reader = server.client("/");
     wait_for_members(&server, 2);
@@ -250,14 +255,7 @@ fn over_the_rate_messages_are_dropped_and_counted() {
 
 #[test]
 fn over_the_rate_with_over_rate_close_the_client_is_closed_with_1008() {
-    let server = start(Config {
-        rate_limit: Some(RateLimit {
-            per_second: 2.0 / time_scale(),
-            burst: 3.0,
-            over: OverRate::Close,
-        }),
-        ..config()
-    });
+    let server = rate_limited(3.0, OverRate::Close);
     let mut flooder = server.raw_websocket("/");
     let mut a = server.client("/");
     let mut b = server.client("/");
@@ -293,7 +291,7 @@ fn upgrade_status(server: &TestServer, origin: Option<&str>, host: &str) -> u16 
         .map(|o| format!("Origin: {o}\r\n"))
         .unwrap_or_default();
     let request = upgrade_request_to(host, "/room", &origin);
-    status_of(&server.raw_upgrade(request.as_bytes()).1)
+    status_of(&server.raw_request(request.as_bytes()).1)
 }
 
 #[test]
@@ -409,9 +407,7 @@ fn out_of_file_descriptors_the_server_pauses_accepting_instead_of_spinning() {
         daemon.log_text().contains("max-connections=32 ")
     });
     // Idle sockets until accept() fails with EMFILE (the kernel queues the rest).
-    let idle: Vec<TcpStream> = (0..90)
-        .map(|_| TcpStream::connect(daemon.addr).unwrap())
-        .collect();
+    let idle: Vec<TcpStream> = (0..90).map(|_| daemon.raw()).collect();
     eventually("accept to hit the descriptor limit", || {
         daemon.log_text().contains("pausing accepts")
     });

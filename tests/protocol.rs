@@ -102,7 +102,7 @@ fn invalid_utf8_fails_fast_in_a_continuation_sent_with_the_upgrade() {
     let mut bytes = upgrade_request("/").into_bytes();
     bytes.extend(frame(TEXT_FIRST, b"fine ", true));
     bytes.extend(frame_start(CONTINUATION_LAST, &[0xff; 500], 1));
-    let (mut ws, head) = server.raw_upgrade(&bytes);
+    let (mut ws, head) = server.raw_request(&bytes);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(read_close_code(&mut ws), Some(1007));
 }
@@ -219,7 +219,7 @@ fn permessage_deflate_is_not_negotiated() {
         "/",
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
     );
-    let (mut ws, head) = server.raw_upgrade(request.as_bytes());
+    let (mut ws, head) = server.raw_request(request.as_bytes());
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         !head

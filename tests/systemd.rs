@@ -150,14 +150,7 @@ fn socket_activation_serves_the_passed_socket() {
 fn a_listen_pid_for_another_process_is_ignored() {
     // The variables were meant for some other process (a parent that did not unset them):
     // wschat binds its own socket.
-    let mut command = binary_command(&[
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--stats-interval",
-        "0",
-    ]);
+    let mut command = daemon_command(&["--stats-interval", "0"]);
     command.env("LISTEN_FDS", "1").env("LISTEN_PID", "1");
     let daemon = spawn_daemon(command);
     assert_eq!(daemon.get("/healthz").status, 200);
@@ -212,14 +205,7 @@ fn notify_ready_watchdog_and_stopping() {
 #[test]
 fn notify_to_an_abstract_socket() {
     let manager = Manager::abstract_name("abstract");
-    let mut command = binary_command(&[
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--stats-interval",
-        "0",
-    ]);
+    let mut command = daemon_command(&["--stats-interval", "0"]);
     command.env("NOTIFY_SOCKET", &manager.name);
     let mut daemon = spawn_daemon(command);
     assert_eq!(manager.next(), "READY=1");
@@ -231,7 +217,7 @@ fn notify_to_an_abstract_socket() {
 #[test]
 fn no_systemd_ignores_the_environment() {
     let manager = Manager::at_path("off");
-    let mut command = binary_command(&["--bind", "127.0.0.1", "--port", "0", "--no-systemd"]);
+    let mut command = daemon_command(&["--no-systemd"]);
     command.env("NOTIFY_SOCKET", &manager.name);
     let daemon = spawn_daemon(command);
     assert_eq!(daemon.get("/healthz").status, 200);

@@ -72,15 +72,22 @@ pub fn run_binary(args: &[&str]) -> Ran {
     }
 }
 
+/// A command for the binary on 127.0.0.1, a free port, with `args` added.
+pub fn daemon_command(args: &[&str]) -> Command {
+    let mut all = vec!["--bind", "127.0.0.1", "--port", "0"];
+    all.extend_from_slice(args);
+    binary_command(&all)
+}
+
 /// Runs the binary on 127.0.0.1, a free port, with `args` added.
 pub fn daemon(args: &[&str]) -> Spawned {
-    spawn_daemon(binary_command(&local_args(args)))
+    spawn_daemon(daemon_command(args))
 }
 
 /// Like [`daemon`], with the child's open-file limits set to (soft, hard) before it starts.
 pub fn daemon_with_open_files(args: &[&str], soft: u64, hard: u64) -> Spawned {
     use std::os::unix::process::CommandExt;
-    let mut command = binary_command(&local_args(args));
+    let mut command = daemon_command(args);
     // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
     unsafe {
         command.pre_exec(move || {
@@ -95,12 +102,6 @@ pub fn daemon_with_open_files(args: &[&str], soft: u64, hard: u64) -> Spawned {
         });
     }
     spawn_daemon(command)
-}
-
-fn local_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    let mut all = vec!["--bind", "127.0.0.1", "--port", "0"];
-    all.extend_from_slice(args);
-    all
 }
 
 /// The binary running as a child (from [`daemon`] or [`spawn_daemon`]), its stderr (the log)

@@ -33,9 +33,9 @@ pub trait Endpoint {
         stream
     }
 
-    /// A raw connection that has written `bytes` (an upgrade request, perhaps with frames
-    /// after it) and read the response head; returns both.
-    fn raw_upgrade(&self, bytes: &[u8]) -> (TcpStream, String) {
+    /// A raw connection that has written `bytes` (a request: an upgrade perhaps with frames
+    /// after it, a HEAD) and read the response head, nothing after it; returns both.
+    fn raw_request(&self, bytes: &[u8]) -> (TcpStream, String) {
         let mut stream = self.raw();
         stream.write_all(bytes).unwrap();
         let head = read_head(&mut stream);
@@ -44,7 +44,7 @@ pub trait Endpoint {
 
     /// A raw connection that has completed the opening handshake for `path`.
     fn raw_websocket(&self, path: &str) -> TcpStream {
-        let (stream, head) = self.raw_upgrade(upgrade_request(path).as_bytes());
+        let (stream, head) = self.raw_request(upgrade_request(path).as_bytes());
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         stream
     }
