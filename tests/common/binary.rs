@@ -10,10 +10,11 @@ use std::ffi::OsString;
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{Endpoint, timeout};
+use super::{Endpoint, eventually, timeout};
 
 /// Variables that would change what the binary does (systemd's, the port, Redis): cleared in
 /// every child so the test's own environment cannot leak in.
@@ -85,7 +86,7 @@ pub fn daemon(args: &[&str]) -> Spawned {
 }
 
 /// Like [`daemon`], with the child's open-file limits set to (soft, hard) before it starts.
-pub fn daemon_with_open_files(args: &[&str], soft: u64, hard: u64) -> Spawned {
+pub fn daemon_with_open_files(args: &[&str], soft: libc::rlim_t, hard: libc::rlim_t) -> Spawned {
     use std::os::unix::process::CommandExt;
     let mut command = daemon_command(args);
     // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
@@ -111,6 +112,8 @@ pub struct Spawned {
     /// The address from its "listening on ADDR" line (0.0.0.0 replaced by 127.0.0.1).
     pub addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Set once the log reader has seen the end of stderr: every line is in `lines`.
+    log_ended: Arc<AtomicBool>,
 }
 
 /// Spawns a prepared command and waits for its "listening on ADDR" log line.
@@ -122,18 +125,21 @@ pub fn spawn_daemon(mut command: Command) -> Spawned {
     let mut child = command.spawn().expect("spawn wschat");
     let stderr = child.stderr.take().expect("stderr is piped");
     let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
+    let log_ended = Arc::new(AtomicBool::new(false));
+    let (sink, ended) = (lines.clone(), log_ended.clone());
     // Drains the log for as long as the child writes, so it never blocks on a full pipe.
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             sink.lock().unwrap().push(line);
         }
+        ended.store(true, Ordering::Release);
     });
     let mut daemon = Spawned {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         lines,
+        log_ended,
     };
     let line = daemon.wait_for_line("the listening line", |l| l.contains("listening on "));
     let addr: SocketAddr = line
@@ -170,10 +176,13 @@ impl Spawned {
     pub fn wait_for_line(&mut self, what: &str, mut matches: impl FnMut(&str) -> bool) -> String {
         let start = Instant::now();
         loop {
+            // Checked before the lines: once it is set, no line can come after this look.
+            let log_ended = self.log_ended.load(Ordering::Acquire);
             if let Some(line) = self.lines().into_iter().find(|l| matches(l)) {
                 return line;
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            // An exit is final only once its last lines have been read from the pipe.
+            if let (true, Ok(Some(status))) = (log_ended, self.child.try_wait()) {
                 panic!(
                     "wschat exited ({status}) before {what}; log:\n{}",
                     self.log_text()
@@ -224,11 +233,15 @@ impl Spawned {
         assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill failed");
     }
 
-    /// Waits for the process to exit, at most `within`; None if it is still running.
+    /// Waits for the process to exit, at most `within`; None if it is still running. After
+    /// an exit, [`Self::lines`] holds the whole log.
     pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                eventually("the end of the log", || {
+                    self.log_ended.load(Ordering::Acquire)
+                });
                 return Some(status);
             }
             if start.elapsed() >= within {
