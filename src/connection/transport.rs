@@ -74,10 +74,10 @@ impl Transport {
     /// close_notify first. Returns true when the write side is shut.
     pub fn shutdown_write(&mut self) -> bool {
         #[cfg(feature = "tls")]
-        if let Some(tls) = self.tls.as_mut() {
-            if !tls.close_notify(&mut self.socket) {
-                return false;
-            }
+        if let Some(tls) = self.tls.as_mut()
+            && !tls.close_notify(&mut self.socket)
+        {
+            return false;
         }
         let _ = self.socket.shutdown(Shutdown::Write);
         true
