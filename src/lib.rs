@@ -8,6 +8,9 @@ pub mod assets;
 pub mod cli;
 pub mod config;
 pub mod connection;
+// permessage-deflate building blocks (socket-free), wired in by the server next; public so
+// tests/deflate_memory.rs can measure their heap with a counting allocator.
+pub mod deflate;
 pub mod http;
 pub mod message;
 pub mod outbound;
