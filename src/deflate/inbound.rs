@@ -770,6 +770,52 @@ mod tests {
         assert_eq!(transform.held_bytes(), 0);
     }
 
+    #[test]
+    fn random_streams_never_panic_and_keep_the_pull_contract() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let compressed = deflate(&text(2000));
+        let firsts = [
+            0xc1, 0x41, 0x00, 0x80, 0xc0, 0x89, 0x8a, 0x88, 0x81, 0x01, 0xc2, 0xe1, 0x0b,
+        ];
+        for _ in 0..3000 {
+            let mut stream = Vec::new();
+            for _ in 0..1 + next(6) {
+                let first = firsts[next(firsts.len() as u64) as usize];
+                let payload: Vec<u8> = match next(3) {
+                    0 => {
+                        let start = next(compressed.len() as u64) as usize;
+                        let end = start + next((compressed.len() - start) as u64 + 1) as usize;
+                        compressed[start..end].to_vec()
+                    }
+                    1 => (0..next(300)).map(|_| next(256) as u8).collect(),
+                    _ => compressed.clone(),
+                };
+                let mut f = frame(first, &payload);
+                if next(10) == 0 {
+                    f[1] &= 0x7f; // unmasked (the key bytes become payload)
+                }
+                if next(10) == 0 {
+                    f.truncate(next(f.len() as u64) as usize);
+                }
+                stream.extend(f);
+            }
+            let mut inflater = Inflater::new(4096);
+            let mut transform = InboundInflate::new(next(8) != 0);
+            let step = 1 + next(200) as usize;
+            let out_len = 1 + next(100) as usize;
+            let (handed, error) = run(&mut transform, &mut inflater, &stream, step, out_len);
+            if error.is_none() {
+                assert!(handed.len() <= stream.len() + 4096 * 6 + 100);
+            }
+        }
+    }
+
     /// A client stream for tungstenite: reads the bytes handed on, discards its replies.
     struct Handed(std::io::Cursor<Vec<u8>>);
 

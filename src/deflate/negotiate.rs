@@ -13,6 +13,10 @@
 //!   always uses a 32 KiB window, but a message of at most 2^N bytes compressed without context
 //!   can only refer back less than 2^N bytes, so it honours any N in 8..15: larger messages are
 //!   sent uncompressed, which RFC 7692 allows for any message. See [`Agreement::may_compress`].
+//!   (miniz_oxide 0.9's `CompressorOxide::with_params` can limit the window itself, by falling
+//!   back to RLE below 12 bits and to level 1 from 12 to 14; that would need one compressed
+//!   variant per window size, where this rule keeps one frame for every member. Browsers never
+//!   offer `server_max_window_bits`; Autobahn 13.* does.)
 
 use std::fmt;
 
