@@ -3,25 +3,34 @@
 //! and what one connection holds idle and while a compressed message is in flight.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::cell::Cell;
 
 use wschat::deflate::{Compressor, DEFAULT_LEVEL, InboundInflate, Inflater};
 
-/// Bytes currently allocated by the whole process.
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-/// One measurement at a time: the test harness runs tests on several threads.
-static SERIAL: Mutex<()> = Mutex::new(());
+thread_local! {
+    /// Bytes allocated minus bytes freed by this thread: the test harness allocates on other
+    /// threads at any time, so a process-wide count would not be exact.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+}
+
+fn count(delta: isize) {
+    // `try_with`: a thread being torn down may still free memory.
+    let _ = LIVE.try_with(|live| live.set(live.get() + delta));
+}
+
+fn live() -> isize {
+    LIVE.with(Cell::get)
+}
 
 struct Counting;
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::SeqCst);
+        count(layout.size() as isize);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::SeqCst);
+        count(-(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -31,14 +40,13 @@ static ALLOCATOR: Counting = Counting;
 
 /// Heap bytes `make` leaves allocated in the value it returns.
 fn heap_of<T>(make: impl FnOnce() -> T) -> (T, isize) {
-    let before = LIVE.load(Ordering::SeqCst);
+    let before = live();
     let value = make();
-    (value, LIVE.load(Ordering::SeqCst) - before)
+    (value, live() - before)
 }
 
 #[test]
 fn compressor_and_inflater_sizes() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (mut compressor, compressor_heap) = heap_of(|| Compressor::new(DEFAULT_LEVEL));
     let (mut inflater, inflater_heap) = heap_of(|| Inflater::new(1 << 20));
     println!(
@@ -51,17 +59,16 @@ fn compressor_and_inflater_sizes() {
     assert!(inflater_heap < 16 << 10, "{inflater_heap}");
     // Using them keeps nothing more between messages.
     let payload = "{\"text\":\"hello hello hello\"}".repeat(100).into_bytes();
-    let before = LIVE.load(Ordering::SeqCst);
+    let before = live();
     for _ in 0..3 {
         let compressed = compressor.compress(&payload).expect("compressible");
         assert_eq!(inflater.inflate(&compressed).expect("valid"), payload);
     }
-    assert_eq!(LIVE.load(Ordering::SeqCst), before);
+    assert_eq!(live(), before);
 }
 
 #[test]
 fn an_idle_connection_holds_nothing_on_the_heap() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (transform, heap) = heap_of(|| InboundInflate::new(true));
     println!(
         "per connection: {} B inline, {heap} B heap",
