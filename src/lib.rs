@@ -9,6 +9,9 @@ mod assets;
 pub mod cli;
 pub mod config;
 mod connection;
+// permessage-deflate building blocks (socket-free); public so tests/deflate_memory.rs can
+// measure their heap with a counting allocator.
+pub mod deflate;
 /// Public for the fuzz targets, which drive the parser and router directly.
 pub mod http;
 mod message;
