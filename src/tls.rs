@@ -78,12 +78,7 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, 
     }
     let private_key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| TlsError::Key(key.to_path_buf(), pem_error(e)))?;
-    // The choice of provider: `ring` builds with only a C compiler (also across to
-    // ARM). rustls deprecates it for lacking post-quantum key exchange (aws-lc-rs has it, at
-    // the price of cmake and ~1.5 MB); classical ECDHE is what the browsers fall back to.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Rejected)?
         .with_no_client_auth()
@@ -94,6 +89,32 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, 
     // Resumption tickets would be one more secret to rotate; a chat page connects once.
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
+}
+
+/// The cryptography wschat's TLS uses (server and `rediss://` alike): ring, with the cipher
+/// suites and key-exchange groups every current browser and Redis client offers. Naming fewer
+/// than ring's full set lets the linker drop the rest (AES-256 and P-384 key exchange): the
+/// binary has a size budget.
+///
+/// `ring` is the choice: it builds with only a C compiler, also across to ARM. rustls
+/// deprecates it for lacking post-quantum key exchange (aws-lc-rs has it, at the price of
+/// cmake and about 1.5 MB); classical ECDHE is what browsers fall back to.
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::ring::{cipher_suite, kx_group};
+    #[allow(deprecated)]
+    let base = rustls::crypto::ring::default_provider();
+    Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1],
+        ..base
+    })
 }
 
 fn pem_error(error: rustls::pki_types::pem::Error) -> String {
