@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod http;
+mod listen;
 pub mod message;
 pub mod outbound;
 pub mod redis;
