@@ -13,6 +13,7 @@ mod listen;
 pub mod message;
 pub mod outbound;
 pub mod redis;
+mod resolve;
 pub mod room;
 pub mod server;
 pub mod stats;
