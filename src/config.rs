@@ -160,6 +160,8 @@ pub struct Config {
     pub redis: Option<crate::redis::RedisUrl>,
     /// Use Redis 7 sharded pub/sub (SSUBSCRIBE/SPUBLISH) on a single endpoint.
     pub redis_sharded: bool,
+    /// Bind with SO_REUSEPORT so that several processes share the port (`--reuse-port`).
+    pub reuse_port: bool,
 }
 
 impl Default for Config {
@@ -192,6 +194,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_port: None,
+            reuse_port: false,
         }
     }
 }
@@ -279,7 +282,12 @@ impl Config {
 
     /// Worst-case bytes the limits allow, logged at start-up so an operator can size the host.
     pub fn worst_case_memory(&self, max_connections: usize) -> u64 {
-        let inbound_per_conn = (self.max_message_size as u64) * 2 + READ_BUFFER_SIZE as u64;
+        // Saturating: huge limits (64-bit sizes times many connections) must read as "more
+        // than any host", not wrap to a small figure.
+        let connections = max_connections as u64;
+        let inbound_per_conn = (self.max_message_size as u64)
+            .saturating_mul(2)
+            .saturating_add(READ_BUFFER_SIZE as u64);
         let history = if self.history > 0 {
             // Rooms are bounded by connections (a room exists while it has members or history).
             self.history_bytes as u64
@@ -288,9 +296,11 @@ impl Config {
         };
         // A busy connection keeps one flushed buffer for its next pass.
         let spare_per_conn = crate::outbound::KEEP_CAPACITY as u64;
-        (inbound_per_conn + spare_per_conn) * max_connections as u64
-            + (self.max_outbound_total as u64)
-            + history * max_connections as u64
+        inbound_per_conn
+            .saturating_add(spare_per_conn)
+            .saturating_mul(connections)
+            .saturating_add(self.max_outbound_total as u64)
+            .saturating_add(history.saturating_mul(connections))
     }
 }
 
@@ -363,6 +373,31 @@ mod tests {
     #[test]
     fn systemd_integration_is_off_for_library_users() {
         assert!(!Config::default().systemd);
+    }
+
+    #[test]
+    fn limits_near_the_top_of_usize_are_checked_not_wrapped() {
+        // On a 32-bit target --max-message-size 4294967290 parses; the frame header added to
+        // it must not wrap around and let a too-small --max-outbound pass.
+        let config = Config {
+            max_message_size: usize::MAX - 5,
+            max_outbound: 100,
+            max_outbound_total: usize::MAX,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        // A valid but enormous set of limits reads as "more than any host", not a wrap.
+        let config = Config {
+            max_message_size: usize::MAX / 4,
+            max_outbound: usize::MAX,
+            max_outbound_total: usize::MAX,
+            history: 10,
+            history_bytes: usize::MAX,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        let worst = config.worst_case_memory(1_000_000);
+        assert!(worst >= (usize::MAX as u64).saturating_mul(1000), "{worst}");
     }
 
     #[test]

@@ -14,10 +14,12 @@ mod connection;
 pub mod deflate;
 /// Public for the fuzz targets, which drive the parser and router directly.
 pub mod http;
+mod listen;
 mod message;
 mod outbound;
 mod rate;
 pub mod redis;
+mod resolve;
 mod room;
 mod server;
 mod stats;

@@ -208,12 +208,20 @@ impl Server {
         let tls_on = tls.is_some();
         #[cfg(not(feature = "tls"))]
         let tls_on = false;
+        let bind = |port: u16| {
+            let address = SocketAddr::new(config.bind, port);
+            crate::listen::bind_listener(address, config.reuse_port)
+                .map(TcpListener::from_std)
+                .map_err(|e| ServerError::Bind(address, e))
+        };
         let main_socket = match activated {
-            Some(std_listener) => TcpListener::from_std(std_listener),
-            None => {
-                let address = SocketAddr::new(config.bind, config.port);
-                TcpListener::bind(address).map_err(|e| ServerError::Bind(address, e))?
+            Some(std_listener) => {
+                if config.reuse_port {
+                    info!("--reuse-port is ignored: systemd passed the listening socket");
+                }
+                TcpListener::from_std(std_listener)
             }
+            None => bind(config.port)?,
         };
         let mut listeners = vec![Listener {
             socket: main_socket,
@@ -222,9 +230,8 @@ impl Server {
             tls: tls_on && config.tls_port.is_none(),
         }];
         if let (true, Some(port)) = (tls_on, config.tls_port) {
-            let address = SocketAddr::new(config.bind, port);
             listeners.push(Listener {
-                socket: TcpListener::bind(address).map_err(|e| ServerError::Bind(address, e))?,
+                socket: bind(port)?,
                 token: TLS_LISTENER,
                 tls: true,
             });
