@@ -252,6 +252,42 @@ fn a_client_that_pipelines_without_reading_does_not_make_the_loop_spin() {
     assert_eq!(server.get("/healthz").status, 200);
 }
 
+/// Review bug 5: a client that pipelines requests without reading held about 100 KB of server
+/// memory (a head's worth plus a whole 64 KiB read). Now it holds at most one head and one
+/// response; the rest waits in the kernel, where TCP pushes back on the client.
+#[test]
+fn pipelining_clients_that_never_read_hold_at_most_a_head_each() {
+    let server = daemon(&["--no-systemd"]);
+    let idle_kib = server.status_kib("VmRSS");
+    let request = "GET /chat.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3000); // ~100 KB
+    let clients = 300;
+    let mut sockets = Vec::new();
+    for _ in 0..clients {
+        let mut socket = server.addr.raw();
+        socket.set_nonblocking(true).unwrap();
+        let _ = socket.write(request.as_bytes());
+        sockets.push(socket);
+    }
+    // The server reads what fits its budget, answers until the clients' buffers are full,
+    // then stops; wait until its memory has settled.
+    let mut last = 0;
+    eventually("the server's memory to settle", || {
+        std::thread::sleep(scaled(Duration::from_millis(500)));
+        let now = server.status_kib("VmRSS");
+        let settled = now.abs_diff(last) < 256;
+        last = now;
+        settled
+    });
+    let per_client = last.saturating_sub(idle_kib) * 1024 / clients;
+    assert!(
+        per_client < 40 * 1024,
+        "{per_client} bytes held per pipelining client (idle {idle_kib} KiB, now {last} KiB)"
+    );
+    // Others are still served.
+    assert_eq!(server.addr.get("/healthz").status, 200);
+    drop(sockets);
+}
+
 #[test]
 fn responses_carry_a_date_and_head_errors_carry_no_body() {
     let server = start_default();
