@@ -32,6 +32,10 @@ Options:
                               are refused with close 1009 [default: 64K]
   --max-outbound BYTES        bytes that may wait for one client [default: 1M]
   --max-outbound-total BYTES  bytes that may wait for all clients together [default: 256M]
+  --max-memory BYTES          the memory clients may make the server use, all together
+                              ($WSCHAT_MAX_MEMORY) [default: half the cgroup limit, else
+                              half of physical memory]; near it upgrades get 503, the
+                              largest partial messages stop being read, queues are shed
   --slow-client POLICY        over --max-outbound: close (1008 \"slow consumer\"),
                               drop-newest or drop-oldest [default: close]
   --max-connections N         WebSocket connection cap; more get 503
@@ -89,6 +93,8 @@ pub struct Environment<'a> {
     pub port: Option<&'a str>,
     /// `$WSCHAT_REDIS`
     pub redis: Option<&'a str>,
+    /// `$WSCHAT_MAX_MEMORY`
+    pub max_memory: Option<&'a str>,
 }
 
 /// Parses the arguments (without the program name).
@@ -104,6 +110,9 @@ pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageErro
             crate::redis::RedisUrl::parse(url)
                 .map_err(|e| UsageError(format!("WSCHAT_REDIS: {e}")))?,
         );
+    }
+    if let Some(bytes_text) = env.max_memory.filter(|m| !m.is_empty()) {
+        config.max_memory = Some(bytes("WSCHAT_MAX_MEMORY", bytes_text)?);
     }
     let mut level = log::LevelFilter::Info;
     let mut over_rate = OverRate::Drop;
@@ -179,6 +188,7 @@ pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageErro
             "--max-message-size" => config.max_message_size = bytes(flag, &value()?)?,
             "--max-outbound" => config.max_outbound = bytes(flag, &value()?)?,
             "--max-outbound-total" => config.max_outbound_total = bytes(flag, &value()?)?,
+            "--max-memory" => config.max_memory = Some(bytes(flag, &value()?)?),
             "--history-bytes" => config.history_bytes = bytes(flag, &value()?)?,
             "--slow-client" => {
                 let v = value()?;
@@ -396,7 +406,7 @@ mod tests {
     fn port_comes_from_the_environment_unless_a_flag_says_otherwise() {
         let env = Environment {
             port: Some("7000"),
-            redis: None,
+            ..Environment::default()
         };
         let parsed = parse(&[], env).unwrap();
         assert!(matches!(parsed, Command::Run(c, _) if c.port == 7000));
@@ -404,16 +414,32 @@ mod tests {
         assert!(matches!(parsed, Command::Run(c, _) if c.port == 7001));
         let bad = Environment {
             port: Some("http"),
-            redis: None,
+            ..Environment::default()
         };
         assert!(parse(&[], bad).is_err());
     }
 
     #[test]
+    fn the_memory_ceiling_comes_from_the_flag_or_the_environment() {
+        let env = Environment {
+            max_memory: Some("64M"),
+            ..Environment::default()
+        };
+        let parsed = parse(&[], env).unwrap();
+        assert!(matches!(parsed, Command::Run(c, _) if c.max_memory == Some(64 << 20)));
+        assert_eq!(
+            run(&["--max-memory", "1G"]).unwrap().max_memory,
+            Some(1 << 30)
+        );
+        assert_eq!(run(&[]).unwrap().max_memory, None);
+        assert!(run(&["--max-memory", "lots"]).is_err());
+    }
+
+    #[test]
     fn redis_comes_from_the_flag_or_the_environment() {
         let env = Environment {
-            port: None,
             redis: Some("redis://127.0.0.1:6390"),
+            ..Environment::default()
         };
         let parsed = parse(&[], env).unwrap();
         assert!(matches!(parsed, Command::Run(c, _) if c.redis.is_some()));

@@ -132,7 +132,10 @@ pub struct Config {
     pub page: PageSource,
     pub max_message_size: usize,
     pub max_outbound: usize,
+    /// A sub-limit of the memory ceiling for all queues together (capped at half of it).
     pub max_outbound_total: usize,
+    /// The memory ceiling (`--max-memory`); None: derived from the host at start.
+    pub max_memory: Option<usize>,
     pub slow_client: SlowClientPolicy,
     pub handshake_timeout: Duration,
     pub ping_interval: Duration,
@@ -174,6 +177,7 @@ impl Default for Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_outbound: DEFAULT_MAX_OUTBOUND,
             max_outbound_total: DEFAULT_MAX_OUTBOUND_TOTAL,
+            max_memory: None,
             slow_client: SlowClientPolicy::Close,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             ping_interval: DEFAULT_PING_INTERVAL,

@@ -7,13 +7,19 @@ use wschat::cli::{self, Command};
 use wschat::config::PageSource;
 use wschat::{Server, ServerError};
 
+/// Counts the heap in use, so the memory ceiling is judged on every byte, whoever holds it.
+#[global_allocator]
+static ALLOCATOR: wschat::memory::CountingAllocator = wschat::memory::CountingAllocator;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let port = std::env::var("PORT").ok();
     let redis = std::env::var("WSCHAT_REDIS").ok();
+    let max_memory = std::env::var("WSCHAT_MAX_MEMORY").ok();
     let env = cli::Environment {
         port: port.as_deref(),
         redis: redis.as_deref(),
+        max_memory: max_memory.as_deref(),
     };
     let (config, level) = match cli::parse(&args, env) {
         Ok(Command::Run(config, level)) => (config, level),

@@ -193,6 +193,29 @@ impl Rooms {
         }
     }
 
+    /// Bytes of history held in all rooms.
+    pub fn history_bytes(&self) -> usize {
+        self.table.iter().map(|(_, room)| room.history_bytes).sum()
+    }
+
+    /// Near the memory ceiling, last of all: drops the oldest history entries, room by room,
+    /// until `bytes` are freed. Returns the bytes freed.
+    pub fn trim_history(&mut self, bytes: usize) -> usize {
+        let mut freed = 0;
+        for (_, room) in self.table.iter_mut() {
+            while freed < bytes {
+                match room.history.pop_front() {
+                    Some(old) => {
+                        room.history_bytes -= old.len();
+                        freed += old.len();
+                    }
+                    None => break,
+                }
+            }
+        }
+        freed
+    }
+
     /// Drops empty rooms whose history is older than `ttl`. Returns the earliest time another
     /// room will expire, for the loop's timer. Called when that timer comes due.
     pub fn expire_history(&mut self, now: Instant, ttl: std::time::Duration) -> Option<Instant> {
@@ -279,6 +302,22 @@ mod tests {
             .map(|f| f.len())
             .collect();
         assert_eq!(kept, vec![2, 8], "byte bound drops the oldest");
+    }
+
+    #[test]
+    fn history_is_trimmed_oldest_first_on_demand() {
+        let mut rooms = rooms(10, 1000);
+        let j = rooms.join("/t", 1);
+        for i in 0..5u8 {
+            rooms.remember(j.room, Bytes::from(vec![i; 10]));
+        }
+        assert_eq!(rooms.history_bytes(), 50);
+        assert_eq!(rooms.trim_history(15), 20, "whole entries go");
+        let kept: Vec<u8> = rooms.get(j.room).unwrap().history().map(|f| f[0]).collect();
+        assert_eq!(kept, vec![2, 3, 4]);
+        assert_eq!(rooms.history_bytes(), 30);
+        assert_eq!(rooms.trim_history(1000), 30);
+        assert_eq!(rooms.history_bytes(), 0);
     }
 
     #[test]

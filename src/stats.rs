@@ -15,14 +15,17 @@ pub enum Refusal {
     Origin,
     BadRequest,
     Draining,
+    /// Near the memory ceiling.
+    MemoryPressure,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 5] = [
         Refusal::AtCapacity,
         Refusal::Origin,
         Refusal::BadRequest,
         Refusal::Draining,
+        Refusal::MemoryPressure,
     ];
 
     pub fn label(self) -> &'static str {
@@ -31,6 +34,7 @@ impl Refusal {
             Refusal::Origin => "origin",
             Refusal::BadRequest => "bad_request",
             Refusal::Draining => "draining",
+            Refusal::MemoryPressure => "memory_pressure",
         }
     }
 }
@@ -77,7 +81,7 @@ pub struct Stats {
     pub connections_peak: u64,
     pub connections_accepted: u64,
     pub websockets_open: u64,
-    pub refused: [u64; 4],
+    pub refused: [u64; Refusal::ALL.len()],
     pub closed: [u64; CloseReason::ALL.len()],
     pub messages_received: u64,
     pub bytes_received: u64,
@@ -371,6 +375,21 @@ impl MetricsPage {
         self.header(name, "counter", help);
         for (reason, value) in samples {
             let _ = writeln!(self.out, "{name}{{reason=\"{reason}\"}} {value}");
+        }
+    }
+
+    /// A family with one sample per value of one label.
+    pub fn by_label<'a>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        self.header(name, kind, help);
+        for (value_of_label, value) in samples {
+            let _ = writeln!(self.out, "{name}{{{label}=\"{value_of_label}\"}} {value}");
         }
     }
 

@@ -25,6 +25,9 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, Insufficien
 pub const MAX_RECORD: usize = 16 * 1024 + 256;
 /// The loop's cipher buffer: one read of ciphertext plus an incomplete record carried over.
 pub const CIPHER_BUFFER_SIZE: usize = 64 * 1024 + MAX_RECORD;
+/// rustls's state for one established session, struct and heap (measured with a counting
+/// allocator: 1,088 + about 3,400 bytes).
+const SESSION_STATE_BYTES: usize = 4500;
 /// Plaintext encrypted per record when sending.
 const PLAINTEXT_PER_RECORD: usize = 16 * 1024;
 /// Ciphertext prepared per socket write when sending (several records, one `write`).
@@ -162,6 +165,15 @@ impl TlsSession {
             failed: false,
             close_sent: false,
         })
+    }
+
+    /// Memory this session holds: rustls's own state (measured: about 4.5 KB per established
+    /// session, struct and heap) and its buffers.
+    pub fn held_bytes(&self) -> usize {
+        SESSION_STATE_BYTES
+            + self.incoming.capacity()
+            + self.outgoing.capacity()
+            + self.plaintext.capacity()
     }
 
     pub fn has_pending_output(&self) -> bool {

@@ -60,11 +60,13 @@ pub enum CloseReason {
     CloseTimeout,
     /// A socket error (reset, broken pipe, ...).
     IoError,
+    /// Near the memory ceiling, it held partial input past the stall limit (close 1013).
+    MemoryPressure,
 }
 
 impl CloseReason {
     /// Every reason, for metrics that list them all.
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::ClientClosed,
         CloseReason::ClientGone,
         CloseReason::ProtocolError,
@@ -79,6 +81,7 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::CloseTimeout,
         CloseReason::IoError,
+        CloseReason::MemoryPressure,
     ];
 
     pub fn label(self) -> &'static str {
@@ -97,6 +100,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::CloseTimeout => "close_timeout",
             CloseReason::IoError => "io_error",
+            CloseReason::MemoryPressure => "memory_pressure",
         }
     }
 
@@ -115,6 +119,7 @@ impl CloseReason {
             CloseReason::RateLimited => (CloseCode::Policy, "rate limit"),
             CloseReason::IdleTimeout => (CloseCode::Away, "idle timeout"),
             CloseReason::Shutdown => (CloseCode::Away, "server shutting down"),
+            CloseReason::MemoryPressure => (CloseCode::Again, "try again later"),
             _ => return None,
         };
         Some(CloseFrame {
@@ -150,6 +155,9 @@ pub struct ReadScratch {
     pub budget_exhausted: bool,
     /// Bytes read from sockets since the counter was last taken (for metrics).
     pub bytes_read: u64,
+    /// Bytes handed to tungstenite, ever: what it holds of an unfinished message is what it
+    /// was handed since its last whole message (it reads 64 bytes at a time).
+    handed: u64,
 }
 
 impl Default for ReadScratch {
@@ -161,6 +169,7 @@ impl Default for ReadScratch {
             budget: READ_BUDGET_PER_EVENT,
             budget_exhausted: false,
             bytes_read: 0,
+            handed: 0,
         }
     }
 }
@@ -229,6 +238,7 @@ impl ReadScratch {
         }
         out[..n].copy_from_slice(&self.buffer[self.start..self.start + n]);
         self.start += n;
+        self.handed += n as u64;
         Ok(n)
     }
 }
@@ -273,6 +283,10 @@ pub struct WebSocketState {
     pub pinged: bool,
     /// `--max-rate`.
     pub rate: TokenBucket,
+    /// Bytes of an unfinished message tungstenite holds (the memory ceiling sheds by it), and
+    /// since when it has held some.
+    pub partial_inbound: usize,
+    pub partial_since: Option<Instant>,
 }
 
 pub enum Phase {
@@ -324,6 +338,8 @@ pub struct Connection {
     pub close_reason: Option<CloseReason>,
     /// It became a WebSocket at some point: its end is logged at info.
     pub upgraded: bool,
+    /// Not read while the process is near its memory ceiling (it holds partial input).
+    pub memory_paused: bool,
 }
 
 impl Connection {
@@ -348,6 +364,17 @@ impl Connection {
             reads: ReadFlags::default(),
             close_reason: None,
             upgraded: false,
+            memory_paused: false,
+        }
+    }
+
+    /// Bytes of partial input it holds (a request head, an unfinished message) and, for a
+    /// WebSocket, since when. What the memory ceiling pauses and closes by.
+    pub fn partial_input(&self) -> (usize, Option<Instant>) {
+        match &self.phase {
+            Phase::Http { head } => (head.capacity(), None),
+            Phase::WebSocket(ws) => (ws.partial_inbound, ws.partial_since),
+            Phase::Closing { .. } => (0, None),
         }
     }
 
@@ -400,6 +427,7 @@ impl Connection {
 
     /// Switches to WebSocket after the 101 is queued; `rest` is what followed the head.
     pub fn upgrade(&mut self, rest: Vec<u8>, config: WebSocketConfig, room: RoomKey, slot: usize) {
+        let rest_len = rest.len();
         // The bytes after the head go to tungstenite directly: the guard sees them first.
         let mut guard = Utf8Guard::default();
         guard.scan(&rest);
@@ -410,6 +438,8 @@ impl Connection {
             slot: Some(slot),
             pinged: false,
             rate: TokenBucket::new(self.last_heard),
+            partial_inbound: rest_len,
+            partial_since: (rest_len > 0).then_some(self.last_heard),
         }));
     }
 
@@ -426,6 +456,7 @@ impl Connection {
             return WsRead::WouldBlock;
         };
         let before = scratch.bytes_read;
+        let handed_before = scratch.handed;
         let mut stream = LoopStream {
             transport: &mut self.transport,
             scratch,
@@ -437,6 +468,15 @@ impl Connection {
         if stream.scratch.bytes_read != before {
             self.last_heard = now;
             ws.pinged = false;
+        }
+        let handed = (stream.scratch.handed - handed_before) as usize;
+        if result.is_ok() {
+            // A whole message or control frame: tungstenite holds nothing unfinished.
+            ws.partial_inbound = 0;
+            ws.partial_since = None;
+        } else if handed > 0 {
+            ws.partial_inbound += handed;
+            ws.partial_since.get_or_insert(now);
         }
         match result {
             Ok(message @ (Message::Text(_) | Message::Binary(_))) => WsRead::Message(message),

@@ -51,6 +51,15 @@ impl Transport {
         self.socket.read(out)
     }
 
+    /// Memory the TLS session holds (0 for plain TCP).
+    pub fn session_bytes(&self) -> usize {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_ref() {
+            return tls.held_bytes();
+        }
+        0
+    }
+
     /// Bytes this layer holds that the socket has not taken yet (TLS records); they go out
     /// before anything else.
     pub fn has_pending_output(&self) -> bool {

@@ -12,6 +12,13 @@ use mio::{Interest, Token};
 
 use super::{MAX_KEY, Server};
 use crate::connection::{Connection, Transport};
+use crate::stats::Refusal;
+
+/// Connections (HTTP or WebSocket) may exceed the WebSocket cap by this many, so `/healthz`
+/// and `/metrics` still answer at the cap; it fits in the descriptors kept back from the cap.
+const HTTP_SLACK: usize = 16;
+/// The whole answer to a connection over the cap: no state is kept for it.
+const AT_CAPACITY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 26\r\nConnection: close\r\n\r\nat connection cap, retry\r\n";
 
 /// After `EMFILE`/`ENFILE`, accepting pauses this long instead of spinning on the error.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -60,7 +67,21 @@ impl Server {
     /// Registers a freshly accepted socket as a connection in the HTTP phase (after a TLS
     /// handshake, for a TLS listener: the handshake timeout covers both).
     fn admit(&mut self, socket: TcpStream, peer: SocketAddr, tls: bool) {
-        if self.connections.len() >= MAX_KEY {
+        if self.connections.len() >= MAX_KEY.min(self.max_connections + HTTP_SLACK) {
+            // HTTP-phase connections count against the cap too: past it a new socket gets a
+            // one-line 503 (if the socket takes it at once) and is closed, costing nothing.
+            self.stats.refuse(Refusal::AtCapacity);
+            if !self.refusing_at_cap {
+                // Once per episode; `reap_doomed` ends it when a connection goes.
+                warn!(
+                    "{} connections open: refusing new connections until one closes",
+                    self.connections.len()
+                );
+                self.refusing_at_cap = true;
+            }
+            debug!("peer={peer} refused: at the connection cap");
+            let mut socket = socket;
+            let _ = std::io::Write::write(&mut socket, AT_CAPACITY_RESPONSE);
             return;
         }
         // Frames are coalesced per loop pass already; Nagle would only add latency.

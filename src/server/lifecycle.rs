@@ -191,6 +191,7 @@ impl Server {
             let Some(mut conn) = self.connections.try_remove(key) else {
                 continue;
             };
+            self.refusing_at_cap = false;
             let reason = conn.close_reason.unwrap_or(CloseReason::IoError);
             conn.outbound.clear(&mut self.queued);
             let _ = self.poll.registry().deregister(conn.transport.socket());

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::Server;
 use crate::http::Status;
+use crate::memory::Pressure;
 use crate::redis::LinkState;
 use crate::stats::{Gauges, ProcessInfo};
 
@@ -16,6 +17,8 @@ impl Server {
             (Status::ServiceUnavailable, "draining")
         } else if self.stats.websockets_open as usize >= self.max_connections {
             (Status::ServiceUnavailable, "at connection cap")
+        } else if self.memory.pressure >= Pressure::Refusing {
+            (Status::ServiceUnavailable, "memory pressure")
         } else {
             match redis {
                 None => (Status::Ok, "ok"),
@@ -51,11 +54,12 @@ impl Server {
             uptime: self.now.saturating_duration_since(self.started),
             draining: self.deadlines.drain.is_some(),
             process,
-            extra: self
-                .redis
-                .as_ref()
-                .map(crate::redis::metrics::render)
-                .unwrap_or_default(),
+            extra: self.memory_metrics()
+                + &self
+                    .redis
+                    .as_ref()
+                    .map(crate::redis::metrics::render)
+                    .unwrap_or_default(),
         }
     }
 

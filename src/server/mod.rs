@@ -44,6 +44,7 @@ use crate::systemd::{self, Notifier};
 
 mod accept;
 mod lifecycle;
+mod memory;
 mod metrics;
 pub(crate) mod read_schedule;
 mod relay;
@@ -168,6 +169,12 @@ pub struct Server {
     over_total_budget: bool,
     /// The last /proc reading and when it was taken.
     process_info: Option<(Instant, ProcessInfo)>,
+    /// The memory ceiling and how close the process is to it.
+    memory: memory::MemoryState,
+    /// How the ceiling was found, for the start-up line.
+    ceiling_source: String,
+    /// New sockets are being refused at the connection cap (logged once per episode).
+    refusing_at_cap: bool,
 }
 
 impl Server {
@@ -255,6 +262,19 @@ impl Server {
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServerError::Poll)?);
         let now = Instant::now();
+        let (ceiling, ceiling_source) = match config.max_memory {
+            Some(bytes) => (bytes, "--max-memory".to_string()),
+            None => {
+                let (bytes, how) = crate::memory::default_ceiling();
+                (usize::try_from(bytes).unwrap_or(usize::MAX), how)
+            }
+        };
+        if ceiling / 2 < config.max_outbound {
+            return Err(ServerError::Config(ConfigError(format!(
+                "--max-memory {ceiling} is too small: half of it must hold one client's --max-outbound ({})",
+                config.max_outbound
+            ))));
+        }
         let notifier = if config.systemd {
             Notifier::from_env()
         } else {
@@ -316,6 +336,9 @@ impl Server {
             redis_incoming: Vec::new(),
             over_total_budget: false,
             process_info: None,
+            memory: memory::MemoryState::new(ceiling, now),
+            ceiling_source,
+            refusing_at_cap: false,
             notifier,
             config,
         })
@@ -344,13 +367,16 @@ impl Server {
     /// Runs the loop until a shutdown has drained. Returns an error only if polling fails.
     pub fn run(mut self) -> Result<(), ServerError> {
         info!(
-            "limits: max-connections={} max-message-size={} max-outbound={} max-outbound-total={} slow-client={}; worst-case memory the limits allow: {} MiB",
+            "memory ceiling: {} bytes ({}); near it upgrades get 503, partial input stops being read, queues are shed",
+            self.memory.ceiling, self.ceiling_source
+        );
+        info!(
+            "limits: max-connections={} max-message-size={} max-outbound={} max-outbound-total={} slow-client={}",
             self.max_connections,
             self.config.max_message_size,
             self.config.max_outbound,
-            self.config.max_outbound_total,
+            self.config.max_outbound_total.min(self.memory.ceiling / 2),
             self.config.slow_client,
-            self.config.worst_case_memory(self.max_connections) / (1024 * 1024)
         );
         if let Some(notifier) = &self.notifier {
             notifier.notify("READY=1");
@@ -399,9 +425,11 @@ impl Server {
             self.serve_owed_reads(&owed);
             self.fire_timers();
             self.deliver_from_redis();
+            self.enforce_memory_ceiling();
             self.enforce_total_budget();
             self.flush_dirty();
             self.reap_doomed();
+            self.give_memory_back();
             #[cfg(debug_assertions)]
             self.check_queued_total();
             self.stats.record_loop(pass_started.elapsed());

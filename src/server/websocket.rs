@@ -10,6 +10,7 @@ use super::{Server, mark_dirty};
 use crate::config::OriginPolicy;
 use crate::connection::{CloseReason, Phase, Transport, WsRead};
 use crate::http::{self, Method, Request, Response, Status};
+use crate::memory::Pressure;
 use crate::stats::Refusal;
 
 /// How long a client refused at the connection cap is told to wait.
@@ -48,7 +49,10 @@ impl Server {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
-        if conn.reads.begin(pass) {
+        if conn.memory_paused {
+            // Near the memory ceiling: its bytes wait in the kernel until the pressure eases.
+            conn.reads.owed = true;
+        } else if conn.reads.begin(pass) {
             match conn.phase {
                 Phase::Http { .. } => self.read_http(key),
                 Phase::WebSocket(_) => self.read_websocket(key),
@@ -75,7 +79,7 @@ impl Server {
             Phase::WebSocket(_) => max_outbound,
             Phase::Closing { .. } => usize::MAX,
         };
-        let may_read = conn.outbound.len() <= queue_limit;
+        let may_read = conn.outbound.len() <= queue_limit && !conn.memory_paused;
         self.reads.owe(key, &mut conn.reads, may_read);
     }
 
@@ -100,6 +104,12 @@ impl Server {
                 Refusal::AtCapacity,
                 Status::ServiceUnavailable,
                 "at connection cap, retry later",
+            ))
+        } else if self.memory.pressure >= Pressure::Refusing {
+            Some((
+                Refusal::MemoryPressure,
+                Status::ServiceUnavailable,
+                "memory pressure, retry later",
             ))
         } else if !self.origin_allowed(request) {
             Some((Refusal::Origin, Status::Forbidden, "origin not allowed"))

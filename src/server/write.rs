@@ -14,7 +14,15 @@ impl Server {
     /// largest queues are shed first by the slow-client policy. Called once per pass, before
     /// the flush.
     pub(super) fn enforce_total_budget(&mut self) {
-        let limit = self.config.max_outbound_total;
+        // A sub-limit of the memory ceiling: queues alone never take more than half of it, so
+        // request heads and partial messages always have room.
+        let limit = self.config.max_outbound_total.min(self.memory.ceiling / 2);
+        self.shed_outbound(limit);
+    }
+
+    /// Sheds the largest queues by the slow-client policy until all of them together hold at
+    /// most `limit` bytes.
+    pub(super) fn shed_outbound(&mut self, limit: usize) {
         if self.queued.bytes() <= limit {
             self.over_total_budget = false;
             return;
@@ -45,7 +53,7 @@ impl Server {
         if !self.over_total_budget {
             // Once per episode, not once per pass.
             warn!(
-                "outbound total {} bytes over --max-outbound-total {}; shedding the largest queues",
+                "outbound total {} bytes over its limit {}; shedding the largest queues",
                 self.queued.bytes(),
                 limit
             );
