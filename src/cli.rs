@@ -22,11 +22,11 @@ Options:
                               their rooms
   --echo                      also send each message back to its sender
   --static-dir DIR            serve the page from DIR (loaded at start and on SIGHUP)
+                              instead of the built-in one
   --tls-cert FILE             PEM certificate chain: with --tls-key, the port speaks TLS
                               (https:// and wss://); both are read again on SIGHUP
   --tls-key FILE              PEM private key (ECDSA, Ed25519 or RSA)
   --tls-port N                serve TLS on this second port; --port stays plain
-                              instead of the built-in one
   --log-level LEVEL           error, warn, info, debug, trace or off [default: info]
   --max-message-size BYTES    largest message (and frame) a client may send; larger ones
                               are refused with close 1009 [default: 64K]

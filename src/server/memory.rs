@@ -20,6 +20,8 @@ const PAUSE_THRESHOLD: usize = 1024;
 /// Without the counting allocator (a library user), the accounted sum is recomputed at most
 /// this often: it walks every connection.
 const ACCOUNT_EVERY: Duration = Duration::from_millis(100);
+/// Under pressure, connections are looked over at most this often (a walk over all of them).
+const SCAN_EVERY: Duration = Duration::from_millis(100);
 /// Freed memory is given back at most this often, and only after this much was freed.
 const GIVE_BACK_EVERY: Duration = Duration::from_secs(1);
 const GIVE_BACK_AFTER: usize = 4 << 20;
@@ -34,6 +36,8 @@ pub(crate) struct MemoryState {
     accounted: (Instant, usize),
     /// Heap in use at the last give-back, and when.
     given_back: (Instant, usize),
+    /// When the connections were last looked over for pausing and stalls.
+    scanned_at: Instant,
     pub closed: u64,
     pub history_trimmed: u64,
 }
@@ -46,6 +50,7 @@ impl MemoryState {
             paused: Vec::new(),
             accounted: (now, 0),
             given_back: (now, 0),
+            scanned_at: now,
             closed: 0,
             history_trimmed: 0,
         }
@@ -98,10 +103,16 @@ impl Server {
             }
             self.memory.pressure = pressure;
         }
-        if pressure >= Pressure::Pausing {
-            self.pause_partial_input();
+        // Walking the connections costs O(n): at most every SCAN_EVERY under pressure.
+        let scan_due = self.now.saturating_duration_since(self.memory.scanned_at) >= SCAN_EVERY;
+        if pressure >= Pressure::Refusing && scan_due {
+            self.memory.scanned_at = self.now;
+            if pressure >= Pressure::Pausing {
+                self.pause_partial_input();
+            }
             self.close_stalled();
-        } else if !self.memory.paused.is_empty() {
+        }
+        if pressure < Pressure::Pausing && !self.memory.paused.is_empty() {
             self.resume_paused();
         }
         if pressure == Pressure::Shedding {
@@ -135,19 +146,21 @@ impl Server {
         }
     }
 
-    /// Closes the paused WebSockets that have held partial input past the stall limit with
-    /// 1013 "try again later" (HTTP heads have their own deadline: the handshake timeout).
+    /// Closes the WebSockets that have held partial input past the stall limit
+    /// (`--handshake-timeout`) with 1013 "try again later": under pressure, memory held by a
+    /// message that does not finish goes to those who behave. (HTTP heads have their own
+    /// deadline: the handshake timeout.)
     fn close_stalled(&mut self) {
         let stall_limit = self.config.handshake_timeout;
+        let now = self.now;
         let stalled: Vec<usize> = self
-            .memory
-            .paused
+            .connections
             .iter()
-            .filter_map(|&(key, id)| {
-                let conn = self.connections.get(key).filter(|c| c.id == id)?;
-                let (_, since) = conn.partial_input();
-                let held = self.now.saturating_duration_since(since?);
-                (held >= stall_limit && conn.close_reason.is_none()).then_some(key)
+            .filter_map(|(key, conn)| {
+                let (partial, since) = conn.partial_input();
+                let held = now.saturating_duration_since(since?);
+                (partial >= PAUSE_THRESHOLD && held >= stall_limit && conn.close_reason.is_none())
+                    .then_some(key)
             })
             .collect();
         for key in stalled {
