@@ -98,7 +98,9 @@ impl TlsClient {
             None => system_bundle(std::env::var_os("SSL_CERT_FILE").map(PathBuf::from))?,
         };
         let roots = load_roots(&path)?;
-        let described = format!("{} ({} certificates)", path.display(), roots.len());
+        let count = roots.len();
+        let plural = if count == 1 { "" } else { "s" };
+        let described = format!("{} ({count} certificate{plural})", path.display());
         // The ring provider is named, not looked up: no process-wide default is installed.
         // rustls deprecates it for lacking post-quantum key exchange (aws-lc-rs has it, at the
         // price of cmake and ~1.5 MB); the issue chose ring, as the server side did.
@@ -276,7 +278,7 @@ iqg7NOze1qG2iC3TdWXbPhkQSSszKjM=
         assert_eq!(roots.len(), 2);
         assert!(TlsClient::new("127.0.0.1", Some(&file.0)).is_ok());
         let client = TlsClient::new("redis.example", Some(&file.0)).unwrap();
-        assert!(client.to_string().contains("2 certificates"));
+        assert!(client.to_string().contains("2 certificates"), "{client}");
     }
 
     #[test]
