@@ -57,7 +57,7 @@ impl Connector {
 impl fmt::Display for Connector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Connector::Plain => Ok(()),
+            Connector::Plain => f.write_str(""),
             #[cfg(feature = "tls")]
             Connector::Tls(client) => write!(f, ", {client}"),
         }
