@@ -5,7 +5,10 @@
 
 mod common;
 
+use std::io::Read;
 use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use common::redis::{RedisServer, TestPki};
 use common::*;
@@ -105,19 +108,37 @@ fn a_certificate_for_another_name_is_refused() {
     never_comes_up(&redis, &redis.url(), &pki.ca);
 }
 
-/// Runs the binary to its exit with `args` after the usual `--bind`/`--port`, and
-/// `$SSL_CERT_FILE` set when given.
+/// Runs the binary with `args` after the usual `--bind`/`--port`, and `$SSL_CERT_FILE` set
+/// when given, to its exit within the test timeout (killed and failed if it keeps running):
+/// its exit code and stderr.
 fn exits(args: &[&str], ssl_cert_file: Option<&Path>) -> (i32, String) {
     let mut command = daemon_command(args);
     if let Some(file) = ssl_cert_file {
         command.env("SSL_CERT_FILE", file);
     }
-    let out = command
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run wschat");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out.status.code().unwrap_or(-1), stderr)
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wschat");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for wschat") {
+            break status;
+        }
+        if started.elapsed() > timeout() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wschat {args:?} kept running instead of refusing to start");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).expect("read stderr");
+    }
+    (status.code().unwrap_or(-1), stderr)
 }
 
 #[test]
