@@ -54,7 +54,11 @@ Options:
   --history-bytes BYTES       bytes each room's history keeps at most [default: 256K]
   --history-ttl SECS          history kept after a room's last member leaves [default: 3600]
   --redis URL                 share rooms with the other wschat processes on this Redis:
-                              redis://[:password@]host:port[/db] [default: $WSCHAT_REDIS]
+                              redis://[:password@]host:port[/db], or rediss:// for TLS
+                              [default: $WSCHAT_REDIS]
+  --redis-ca FILE             verify a rediss:// server against the CA certificates in FILE
+                              (PEM) instead of the system's [default: $SSL_CERT_FILE, or
+                              the system bundle]
   --redis-sharded             use Redis 7 sharded pub/sub (SSUBSCRIBE/SPUBLISH) on one
                               endpoint
   --no-systemd                ignore LISTEN_FDS and NOTIFY_SOCKET
@@ -150,6 +154,16 @@ pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageErro
                     crate::redis::RedisUrl::parse(&v)
                         .map_err(|e| UsageError(format!("--redis: {e}")))?,
                 );
+            }
+            "--redis-ca" => {
+                let v = value()?;
+                if !cfg!(feature = "tls") {
+                    return Err(UsageError(
+                        "--redis-ca: this build of wschat has no TLS (it was built without the \"tls\" feature)"
+                            .to_string(),
+                    ));
+                }
+                config.redis_ca = Some(PathBuf::from(v));
             }
             "--bind" => {
                 let v = value()?;
@@ -266,6 +280,13 @@ pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageErro
                 return Err(UsageError(format!("unknown option {other:?} (see --help)")));
             }
         }
+    }
+    // A CA for a link that does not use TLS is a mistake worth saying: the operator believes
+    // the link is verified.
+    if config.redis_ca.is_some() && !config.redis.as_ref().is_some_and(|url| url.tls) {
+        return Err(UsageError(
+            "--redis-ca needs a rediss:// URL in --redis or $WSCHAT_REDIS".to_string(),
+        ));
     }
     if let Some((per_second, burst)) = rate {
         config.rate_limit = Some(RateLimit {
@@ -449,6 +470,49 @@ mod tests {
                 .unwrap()
                 .redis_sharded
         );
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn redis_ca_goes_with_a_rediss_url() {
+        let config = run(&[
+            "--redis",
+            "rediss://127.0.0.1:6380",
+            "--redis-ca",
+            "/etc/wschat/redis-ca.pem",
+        ])
+        .unwrap();
+        assert!(config.redis.unwrap().tls);
+        assert_eq!(
+            config.redis_ca,
+            Some(PathBuf::from("/etc/wschat/redis-ca.pem"))
+        );
+        let env = Environment {
+            port: None,
+            redis: Some("rediss://cache.example"),
+        };
+        let args = ["--redis-ca=/ca.pem".to_string()];
+        assert!(matches!(parse(&args, env), Ok(Command::Run(c, _)) if c.redis_ca.is_some()));
+        for args in [
+            &["--redis-ca", "/ca.pem"][..],
+            &["--redis", "redis://127.0.0.1", "--redis-ca", "/ca.pem"],
+        ] {
+            let error = run(args).unwrap_err();
+            assert!(error.0.contains("rediss://"), "{error}");
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_tls_rediss_and_redis_ca_are_refused_in_one_line() {
+        for args in [
+            &["--redis", "rediss://127.0.0.1"][..],
+            &["--redis-ca", "/ca.pem"],
+        ] {
+            let error = run(args).unwrap_err();
+            assert!(error.0.contains("has no TLS"), "{error}");
+            assert!(!error.0.contains('\n'), "{error}");
+        }
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub struct Config {
     pub redis_sharded: bool,
     /// Bind with SO_REUSEPORT so that several processes share the port (`--reuse-port`).
     pub reuse_port: bool,
+    /// `--redis-ca`: PEM CA certificates a `rediss://` server must chain to, replacing the
+    /// system's roots. Read at start-up; ignored for `redis://`.
+    pub redis_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -199,6 +202,7 @@ impl Default for Config {
             tls_key: None,
             tls_port: None,
             reuse_port: false,
+            redis_ca: None,
         }
     }
 }

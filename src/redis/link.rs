@@ -3,7 +3,9 @@
 //! without reading the clock: every entry point that needs the time takes `now` from the loop.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,7 @@ use super::envelope::random_node_id;
 use super::lookup::{Address, HostLookup};
 use super::metrics::RedisStats;
 use super::resp::{FRAME_SLACK, Incoming, PubSub, Role};
-use super::socket::{AUTO_FLUSH_BYTES, RedisConnection};
+use super::socket::{AUTO_FLUSH_BYTES, Connector, RedisConnection};
 use super::url::RedisUrl;
 use crate::message::MessageKind;
 
@@ -53,6 +55,9 @@ pub(crate) struct RedisConfig {
     /// still unanswered at the next interval drops the link (detects a
     /// half-open TCP connection or a hung server).
     pub(crate) ping_interval: Duration,
+    /// `--redis-ca`: the PEM roots a `rediss://` server's certificate must chain to, in place
+    /// of the system's. Ignored for `redis://`.
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 impl RedisConfig {
@@ -65,9 +70,34 @@ impl RedisConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             channel_prefix: CHANNEL_PREFIX.to_string(),
             ping_interval: DEFAULT_PING_INTERVAL,
+            ca_file: None,
         }
     }
 }
+
+/// Why the link could not be created: each is a start-up failure (exit 1). Redis itself
+/// being away is never one: the link keeps retrying.
+#[derive(Debug)]
+pub enum RedisStartError {
+    /// The poll registry could not be cloned for the link.
+    Registry(io::Error),
+    /// `rediss://`: the CA file or the system bundle cannot be used, or the host cannot be
+    /// verified. Fix the flag or the file and start again.
+    #[cfg(feature = "tls")]
+    Tls(super::tls::TlsSetupError),
+}
+
+impl fmt::Display for RedisStartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Registry(error) => write!(f, "cannot register the Redis link: {error}"),
+            #[cfg(feature = "tls")]
+            Self::Tls(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for RedisStartError {}
 
 /// Link state for /healthz.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +113,8 @@ pub(crate) enum LinkState {
 /// The Redis pub/sub link. See the module docs for how the loop drives it.
 pub(crate) struct RedisLink {
     url: RedisUrl,
+    /// Plain TCP, or TLS with the roots loaded at start-up (`rediss://`).
+    connector: Connector,
     registry: Registry,
     subscriber_token: Token,
     publisher_token: Token,
@@ -113,17 +145,19 @@ pub(crate) struct RedisLink {
 
 impl RedisLink {
     /// Creates the link and starts the first connection attempt. Only fails if
-    /// the registry cannot be cloned; connection problems are handled inside
-    /// (state goes `Down` and retries).
+    /// the registry cannot be cloned or TLS cannot be set up (see [`RedisStartError`]);
+    /// connection problems are handled inside (state goes `Down` and retries).
     pub(crate) fn new(
         config: RedisConfig,
         registry: &Registry,
         subscriber_token: Token,
         publisher_token: Token,
         now: Instant,
-    ) -> io::Result<RedisLink> {
+    ) -> Result<RedisLink, RedisStartError> {
+        let connector = Connector::new(&config.url, config.ca_file.as_deref())?;
         let mut link = RedisLink {
-            registry: registry.try_clone()?,
+            connector,
+            registry: registry.try_clone().map_err(RedisStartError::Registry)?,
             subscriber_token,
             publisher_token,
             subscriber: None,
@@ -152,14 +186,15 @@ impl RedisLink {
             jitter_state: random_node_id() | 1,
         };
         log::info!(
-            "redis: connecting to {} (node id {:016x}{})",
+            "redis: connecting to {} (node id {:016x}{}{})",
             link.url,
             link.pubsub.node_id,
             if link.pubsub.sharded {
                 ", sharded pub/sub"
             } else {
                 ""
-            }
+            },
+            link.connector
         );
         link.start_connect(now);
         Ok(link)
@@ -389,12 +424,10 @@ impl RedisLink {
                 return;
             }
         };
-        let opened = RedisConnection::open(addr, &self.registry, self.subscriber_token, &self.url)
-            .and_then(|subscriber| {
-                let publisher =
-                    RedisConnection::open(addr, &self.registry, self.publisher_token, &self.url)?;
-                Ok((subscriber, publisher))
-            });
+        let open =
+            |token| RedisConnection::open(addr, &self.registry, token, &self.url, &self.connector);
+        let opened = open(self.subscriber_token)
+            .and_then(|subscriber| Ok((subscriber, open(self.publisher_token)?)));
         match opened {
             Ok((mut subscriber, publisher)) => {
                 log::debug!("redis: connecting to {addr} (attempt {})", self.attempt + 1);

@@ -1,7 +1,8 @@
 //! Redis pub/sub link: lets several wschat processes share rooms.
 //!
 //! A self-contained, non-blocking state machine driven by the server's
-//! single-threaded `mio` poll loop. It owns two TCP connections to Redis:
+//! single-threaded `mio` poll loop. It owns two TCP connections to Redis
+//! (TLS over them for `rediss://`):
 //!
 //! * the **SUBSCRIBE** connection (RESP2 subscribe mode), one channel per room;
 //! * the **PUBLISH** connection, pipelined: every `publish` appends a
@@ -15,6 +16,7 @@
 //! | `envelope.rs` | the 10-byte header around every message: kind and sender |
 //! | `resp.rs` | RESP2 encoding and decoding, reply bookkeeping; no sockets |
 //! | `socket.rs` | one non-blocking connection: connect, write, read to `WouldBlock` |
+//! | `tls.rs` | `rediss://` (feature `tls`): roots, rustls session over the socket |
 //! | `lookup.rs` | the host's address, looked up off the loop |
 //! | `link.rs` | the state machine: connect, handshake, keep-alive, backoff, reconnect |
 //! | `metrics.rs` | the counters and their `/metrics` lines |
@@ -102,7 +104,10 @@
 //!   `Connecting` and connects as soon as the address arrives; later attempts use
 //!   the last address found while a fresh lookup runs beside them. IP literals need no
 //!   lookup. Only the first resolved address is tried.
-//! * No TLS (`rediss://` is rejected by the URL parser), RESP2 only.
+//! * `rediss://` (feature `tls`): both connections speak TLS 1.2/1.3 through rustls (ring),
+//!   the server's certificate verified against `--redis-ca` or the system's CA bundle, for
+//!   the URL's host (DNS name or IP address). A failed handshake is a failed connect: logged
+//!   once, counted, retried with backoff. No client certificates. RESP2 only.
 //! * A `/db` in the URL sends `SELECT`, which Redis Cluster rejects: leave it
 //!   out for a cluster shard (pub/sub ignores the database anyway).
 //! * RESP decoding uses the `redis-protocol` crate; its recursive decoder
@@ -115,9 +120,14 @@ mod lookup;
 pub(crate) mod metrics;
 mod resp;
 mod socket;
+#[cfg(feature = "tls")]
+mod tls;
 mod url;
 
 pub(crate) use envelope::random_node_id;
+pub use link::RedisStartError;
 pub(crate) use link::{LinkState, RedisConfig, RedisLink};
 pub(crate) use resp::Incoming;
+#[cfg(feature = "tls")]
+pub use tls::TlsSetupError;
 pub use url::{RedisUrl, RedisUrlError};

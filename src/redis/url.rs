@@ -1,4 +1,5 @@
-//! The `--redis` URL: `redis://[[user]:password@]host[:port][/db]`, parsed once at start-up.
+//! The `--redis` URL: `redis[s]://[[user]:password@]host[:port][/db]`, parsed once at start-up.
+//! `rediss://` asks for TLS (see `tls.rs`); the build without the `tls` feature refuses it.
 //! Its `Display` hides the password, so the URL can be logged.
 
 use std::fmt;
@@ -6,9 +7,12 @@ use std::fmt;
 /// Redis's own default port, used when the URL names none.
 const DEFAULT_PORT: u16 = 6379;
 
-/// Parsed `redis://[[user]:password@]host[:port][/db]`.
+/// Parsed `redis[s]://[[user]:password@]host[:port][/db]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
+    /// `rediss://`: both connections speak TLS, and the host name is the name the server's
+    /// certificate must carry.
+    pub(crate) tls: bool,
     /// Host name or IP address (IPv6 without brackets).
     pub(crate) host: String,
     pub(crate) port: u16,
@@ -24,6 +28,8 @@ pub struct RedisUrl {
 pub enum RedisUrlError {
     MissingScheme,
     UnsupportedScheme(String),
+    /// `rediss://` in a build without the `tls` feature.
+    NoTlsInThisBuild,
     EmptyHost,
     BadHost(String),
     BadPort(String),
@@ -36,13 +42,17 @@ pub enum RedisUrlError {
 impl fmt::Display for RedisUrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::MissingScheme => write!(f, "redis URL must start with redis://"),
+            Self::MissingScheme => write!(f, "redis URL must start with redis:// or rediss://"),
             Self::UnsupportedScheme(scheme) => {
                 write!(
                     f,
-                    "unsupported redis URL scheme {scheme:?} (only redis:// is supported, no TLS)"
+                    "unsupported redis URL scheme {scheme:?} (use redis:// or rediss://)"
                 )
             }
+            Self::NoTlsInThisBuild => write!(
+                f,
+                "rediss:// needs TLS, and this build of wschat has no TLS (it was built without the \"tls\" feature)"
+            ),
             Self::EmptyHost => write!(f, "redis URL has no host"),
             Self::BadHost(host) => {
                 write!(
@@ -72,14 +82,22 @@ impl fmt::Display for RedisUrlError {
 impl std::error::Error for RedisUrlError {}
 
 impl RedisUrl {
-    /// Parses `redis://[[user]:password@]host[:port][/db]`. Port defaults to 6379.
-    /// Credentials may be %-encoded.
+    /// Parses `redis[s]://[[user]:password@]host[:port][/db]`. Port defaults to 6379 for
+    /// both schemes (managed services that use another port name it). Credentials may be
+    /// %-encoded.
     pub fn parse(text: &str) -> Result<RedisUrl, RedisUrlError> {
         let text = text.trim();
         let (scheme, rest) = text.split_once("://").ok_or(RedisUrlError::MissingScheme)?;
-        if !scheme.eq_ignore_ascii_case("redis") {
+        let tls = if scheme.eq_ignore_ascii_case("redis") {
+            false
+        } else if scheme.eq_ignore_ascii_case("rediss") {
+            if !cfg!(feature = "tls") {
+                return Err(RedisUrlError::NoTlsInThisBuild);
+            }
+            true
+        } else {
             return Err(RedisUrlError::UnsupportedScheme(scheme.to_string()));
-        }
+        };
         if rest.contains(['?', '#']) {
             return Err(RedisUrlError::UnsupportedQuery);
         }
@@ -150,6 +168,7 @@ impl RedisUrl {
             },
         };
         Ok(RedisUrl {
+            tls,
             host: host.to_string(),
             port,
             username,
@@ -185,7 +204,7 @@ fn percent_decode(text: &str) -> Result<String, RedisUrlError> {
 /// Display redacts the password, so the URL can be logged.
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "redis://")?;
+        write!(f, "{}://", if self.tls { "rediss" } else { "redis" })?;
         if self.password.is_some() {
             write!(f, "{}:***@", self.username.as_deref().unwrap_or(""))?;
         }
@@ -249,6 +268,39 @@ mod tests {
     }
 
     #[test]
+    fn url_plain_is_not_tls() {
+        assert!(!RedisUrl::parse("redis://h").unwrap().tls);
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn url_rediss_asks_for_tls_on_the_same_default_port() {
+        let url = RedisUrl::parse("rediss://:pw@cache.example").unwrap();
+        assert!(url.tls);
+        assert_eq!((url.host.as_str(), url.port), ("cache.example", 6379));
+        assert_eq!(url.to_string(), "rediss://:***@cache.example:6379");
+        let url = RedisUrl::parse("REDISS://127.0.0.1:6380/3").unwrap();
+        assert!(url.tls);
+        assert_eq!((url.port, url.db), (6380, Some(3)));
+        assert_eq!(url.to_string(), "rediss://127.0.0.1:6380/3");
+        let url = RedisUrl::parse("rediss://[::1]:7000").unwrap();
+        assert_eq!((url.host.as_str(), url.port, url.tls), ("::1", 7000, true));
+        assert_eq!(
+            RedisUrl::parse("rediss://"),
+            Err(RedisUrlError::EmptyHost),
+            "the rest of the URL is checked as for redis://"
+        );
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn url_rediss_is_refused_without_tls() {
+        let error = RedisUrl::parse("rediss://cache.example").unwrap_err();
+        assert_eq!(error, RedisUrlError::NoTlsInThisBuild);
+        assert!(error.to_string().contains("has no TLS"));
+    }
+
+    #[test]
     fn url_ipv6() {
         let url = RedisUrl::parse("redis://[::1]:6390").unwrap();
         assert_eq!((url.host.as_str(), url.port), ("::1", 6390));
@@ -263,7 +315,7 @@ mod tests {
         let cases: &[(&str, RedisUrlError)] = &[
             ("localhost:6379", MissingScheme),
             ("", MissingScheme),
-            ("rediss://h", UnsupportedScheme("rediss".into())),
+            ("redis+tls://h", UnsupportedScheme("redis+tls".into())),
             ("http://h", UnsupportedScheme("http".into())),
             ("redis://", EmptyHost),
             ("redis://:6379", EmptyHost),

@@ -80,6 +80,8 @@ pub enum ServerError {
     Signals(io::Error),
     #[cfg(feature = "tls")]
     Tls(crate::tls::TlsError),
+    /// The Redis link cannot start: `rediss://` roots or host unusable (see `--redis-ca`).
+    Redis(crate::redis::RedisStartError),
 }
 
 impl fmt::Display for ServerError {
@@ -93,6 +95,7 @@ impl fmt::Display for ServerError {
             ServerError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
             #[cfg(feature = "tls")]
             ServerError::Tls(e) => write!(f, "{e}"),
+            ServerError::Redis(e) => write!(f, "--redis: {e}"),
         }
     }
 }
@@ -285,6 +288,7 @@ impl Server {
                 let mut link_config = RedisConfig::new(url.clone(), crate::redis::random_node_id());
                 link_config.sharded = config.redis_sharded;
                 link_config.max_message_size = config.max_message_size;
+                link_config.ca_file = config.redis_ca.clone();
                 Some(
                     RedisLink::new(
                         link_config,
@@ -293,7 +297,7 @@ impl Server {
                         REDIS_PUBLISH,
                         now,
                     )
-                    .map_err(ServerError::Poll)?,
+                    .map_err(ServerError::Redis)?,
                 )
             }
             None => None,

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use super::{Endpoint, eventually, timeout};
 
-/// Variables that would change what the binary does (systemd's, the port, Redis): cleared in
-/// every child so the test's own environment cannot leak in.
+/// Variables that would change what the binary does (systemd's, the port, Redis, the CA
+/// bundle for rediss://): cleared in every child so the test's own environment cannot leak in.
 const CLEARED: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
@@ -27,6 +27,7 @@ const CLEARED: &[&str] = &[
     "WATCHDOG_PID",
     "PORT",
     "WSCHAT_REDIS",
+    "SSL_CERT_FILE",
 ];
 
 /// The words that start the binary: `$WSCHAT_TEST_RUNNER`'s (if any), then its path.
