@@ -488,8 +488,8 @@ mod tests {
             Some(PathBuf::from("/etc/wschat/redis-ca.pem"))
         );
         let env = Environment {
-            port: None,
             redis: Some("rediss://cache.example"),
+            ..Environment::default()
         };
         let args = ["--redis-ca=/ca.pem".to_string()];
         assert!(matches!(parse(&args, env), Ok(Command::Run(c, _)) if c.redis_ca.is_some()));

@@ -101,12 +101,9 @@ impl TlsClient {
         let count = roots.len();
         let plural = if count == 1 { "" } else { "s" };
         let described = format!("{} ({count} certificate{plural})", path.display());
-        // The ring provider is named, not looked up: no process-wide default is installed.
-        // rustls deprecates it for lacking post-quantum key exchange (aws-lc-rs has it, at the
-        // price of cmake and ~1.5 MB); the issue chose ring, as the server side did.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
+        // The server side's provider (ring, trimmed; see `crate::tls::provider`), named, not
+        // looked up: no process-wide default is installed.
+        let config = ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsSetupError::Config)?
             .with_root_certificates(roots)
