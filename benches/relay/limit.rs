@@ -161,11 +161,20 @@ impl Relay {
     }
 
     fn read(&mut self, key: usize, buf: &mut [u8]) {
-        match self.conns.get(key) {
-            Some(c) if c.doomed => {}
-            Some(c) if c.member.is_none() => self.read_head(key),
-            Some(_) => self.read_frames(key, buf),
-            None => {}
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.member.is_none() && !c.doomed)
+        {
+            self.read_head(key);
+        }
+        // After an upgrade too: the socket is read until drained (edge-triggered readiness).
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.member.is_some() && !c.doomed)
+        {
+            self.read_frames(key, buf);
         }
     }
 
@@ -242,11 +251,17 @@ impl Relay {
             if carry > buf.len() / 2 {
                 let mut data = std::mem::take(&mut c.inbuf);
                 data.resize(carry + READ_BUF, 0);
-                let n = match read_some(&mut c.stream, &mut data[carry..]) {
-                    Ok(0) | Err(_) => return self.doom(key),
+                let read = read_some(&mut c.stream, &mut data[carry..]);
+                data.truncate(carry + *read.as_ref().unwrap_or(&0));
+                let n = match read {
+                    Ok(0) => return self.doom(key),
                     Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        c.inbuf = data;
+                        return;
+                    }
+                    Err(_) => return self.doom(key),
                 };
-                data.truncate(carry + n);
                 let drained = n < READ_BUF;
                 match self.frames(key, &mut data) {
                     Ok(used) => {

@@ -425,17 +425,24 @@ struct Snap {
     gen_cpu: Duration,
 }
 
-/// Fails a run in which nothing has been delivered for 3 s (a server that stopped relaying).
+/// Fails a run in which nothing has been delivered for 3 s (a server that stopped relaying),
+/// or for `$RELAY_STALL_SECS` (a server slowed down by a profiler such as callgrind).
 struct Progress {
     since: Instant,
     delivered: u64,
+    limit: Duration,
 }
 
 impl Progress {
     fn new() -> Self {
+        let secs = std::env::var("RELAY_STALL_SECS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(3.0);
         Progress {
             since: Instant::now(),
             delivered: 0,
+            limit: Duration::from_secs_f64(secs.max(0.1)),
         }
     }
 
@@ -443,10 +450,12 @@ impl Progress {
         if g.c.delivered != self.delivered {
             self.since = now;
             self.delivered = g.c.delivered;
-        } else if now - self.since > Duration::from_secs(3) {
+        } else if now - self.since > self.limit {
             return Err(format!(
-                "stalled: nothing delivered for 3 s ({hint}{} connections lost: {})",
-                g.c.lost, g.c.last_error
+                "stalled: nothing delivered for {} s ({hint}{} connections lost: {})",
+                self.limit.as_secs_f64(),
+                g.c.lost,
+                g.c.last_error
             ));
         }
         Ok(())

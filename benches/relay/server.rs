@@ -105,6 +105,25 @@ pub fn wschat_supports(flag: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// `cmd` run under `$RELAY_SERVER_WRAPPER` when set (words split on spaces), e.g.
+/// `valgrind --tool=callgrind`: the wrapper execs the server in the same process, so its CPU
+/// is still the server's (see docs/benchmarks.md, "Where the CPU goes").
+fn wrapped(cmd: Command) -> Command {
+    let Ok(wrapper) = std::env::var("RELAY_SERVER_WRAPPER") else {
+        return cmd;
+    };
+    let mut words = wrapper.split_ascii_whitespace();
+    let Some(first) = words.next() else {
+        return cmd;
+    };
+    let mut outer = Command::new(first);
+    outer
+        .args(words)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    outer
+}
+
 pub fn on_path(prog: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -177,6 +196,7 @@ impl ServerProc {
             }
         };
         cmd.args(&opts.extra);
+        let cmd = wrapped(cmd);
         // The limit has no HTTP routes: ready once its port accepts.
         let health = kind != Kind::Limit;
         Self::spawn(cmd, kind.name(), port, log_dir, tag, health)
