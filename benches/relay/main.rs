@@ -1,14 +1,16 @@
-//! Relay benchmark: wschat against peer servers (Node `ws`, Bun), scenario by
-//! scenario, runs interleaved (A B C A B C ...), a fresh server process per run.
+//! Relay benchmark: wschat against peer servers (the `limit` relay of limit.rs, Node `ws`,
+//! Bun), scenario by scenario, runs interleaved (A B C A B C ...), a fresh server process
+//! per run.
 //!
 //!   cargo bench --bench relay                       all scenarios
-//!   cargo bench --bench relay -- fanout --runs 3 --servers wschat,bun,node
+//!   cargo bench --bench relay -- fanout --runs 3 --servers wschat,limit,bun,node
 //!   cargo bench --bench relay -- --smoke            small sizes, one run
 //!   cargo bench --bench relay -- --help
 //!
 //! The server runs on CPU 0, this generator on CPU 1; both CPU times are
 //! reported so a generator bottleneck shows. Only 127.0.0.0/8 is used.
 
+mod limit;
 mod server;
 mod stats;
 mod ws;
@@ -19,6 +21,8 @@ use std::time::{Duration, Instant};
 use ws::Gen;
 
 const ROOM: &str = "bench";
+/// The hidden first argument that makes this binary the `limit` relay (a peer process).
+pub const LIMIT_ARG: &str = "--limit-server";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Scenario {
@@ -98,7 +102,8 @@ scenarios (default: all): fanout fixed-rate all-to-all idle-memory many-conns la
 
 options:
   --runs N            runs per server and scenario (default 5; many-conns 1)
-  --servers LIST      comma-separated from wschat,node,bun (default all three)
+  --servers LIST      comma-separated from wschat,limit,node,bun (default all four;
+                      limit: the minimal relay of benches/relay/limit.rs)
   --smoke             small sizes for a quick check (50 subscribers, 1 s, 1 run, ...)
   --duration S        measured seconds per run (default 5)
   --warmup S          warm-up seconds before measuring (default 1)
@@ -119,7 +124,7 @@ fn parse_args() -> Result<Cfg, String> {
     let mut cfg = Cfg {
         scenarios: Vec::new(),
         runs: None,
-        servers: vec![Kind::Wschat, Kind::Node, Kind::Bun],
+        servers: vec![Kind::Wschat, Kind::Limit, Kind::Node, Kind::Bun],
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs(5),
         subs: 1000,
@@ -232,10 +237,15 @@ fn m(name: &'static str, v: f64) -> M {
 
 type RunResult = Result<Vec<M>, String>;
 
-/// One server's runs of one scenario: its name, each run's metrics, failed runs.
-type Slot = (String, Vec<Vec<M>>, usize);
+/// One server's runs of one scenario: its name, each successful run's number and metrics,
+/// failed runs.
+type Slot = (String, Vec<(usize, Vec<M>)>, usize);
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(LIMIT_ARG) {
+        limit::main(&args[2..]);
+    }
     let cfg = match parse_args() {
         Ok(c) => c,
         Err(e) => {
@@ -267,7 +277,7 @@ fn main() {
             .runs
             .unwrap_or(if sc == Scenario::ManyConns { 1 } else { 5 });
         println!("\n== {} == {}", sc.name(), describe(sc, &cfg));
-        let mut results: Vec<(String, Vec<Vec<M>>, usize)> = servers
+        let mut results: Vec<Slot> = servers
             .iter()
             .map(|k| (k.name().to_string(), Vec::new(), 0))
             .collect();
@@ -282,7 +292,7 @@ fn main() {
     }
 }
 
-fn record(slot: &mut (String, Vec<Vec<M>>, usize), name: &str, run: usize, res: RunResult) {
+fn record(slot: &mut Slot, name: &str, run: usize, res: RunResult) {
     match res {
         Ok(ms) => {
             let line: Vec<String> = ms
@@ -291,7 +301,7 @@ fn record(slot: &mut (String, Vec<Vec<M>>, usize), name: &str, run: usize, res: 
                 .map(|x| format!("{} {}", x.name, fmt(x.v)))
                 .collect();
             eprintln!("  run {run} {name}: {}", line.join(", "));
-            slot.1.push(ms);
+            slot.1.push((run, ms));
         }
         Err(e) => {
             println!("  run {run} {name}: FAILED: {e}");
@@ -415,17 +425,24 @@ struct Snap {
     gen_cpu: Duration,
 }
 
-/// Fails a run in which nothing has been delivered for 3 s (a server that stopped relaying).
+/// Fails a run in which nothing has been delivered for 3 s (a server that stopped relaying),
+/// or for `$RELAY_STALL_SECS` (a server slowed down by a profiler such as callgrind).
 struct Progress {
     since: Instant,
     delivered: u64,
+    limit: Duration,
 }
 
 impl Progress {
     fn new() -> Self {
+        let secs = std::env::var("RELAY_STALL_SECS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(3.0);
         Progress {
             since: Instant::now(),
             delivered: 0,
+            limit: Duration::from_secs_f64(secs.max(0.1)),
         }
     }
 
@@ -433,10 +450,12 @@ impl Progress {
         if g.c.delivered != self.delivered {
             self.since = now;
             self.delivered = g.c.delivered;
-        } else if now - self.since > Duration::from_secs(3) {
+        } else if now - self.since > self.limit {
             return Err(format!(
-                "stalled: nothing delivered for 3 s ({hint}{} connections lost: {})",
-                g.c.lost, g.c.last_error
+                "stalled: nothing delivered for {} s ({hint}{} connections lost: {})",
+                self.limit.as_secs_f64(),
+                g.c.lost,
+                g.c.last_error
             ));
         }
         Ok(())
@@ -935,17 +954,19 @@ fn fmt(v: f64) -> String {
     }
 }
 
-/// One table per metric: server, median, spread (min – max), ratio of medians
-/// against the first server (wschat).
-fn report(results: &[(String, Vec<Vec<M>>, usize)]) {
+/// One table per metric: server, median, spread (min – max), ratio of medians against the
+/// first server (wschat) and, when `limit` ran too, against `limit`; then the ratios to
+/// `limit` run by run (each run next to the limit's run of the same round, minutes apart at
+/// most, so that drifting noise on a shared machine cancels).
+fn report(results: &[Slot]) {
     let Some(first) = results.iter().find(|r| !r.1.is_empty()) else {
         println!("  no successful runs");
         return;
     };
     // Every metric any server reported, in the order they first appear.
-    let mut names: Vec<&'static str> = first.1[0].iter().map(|x| x.name).collect();
+    let mut names: Vec<&'static str> = first.1[0].1.iter().map(|x| x.name).collect();
     for r in results {
-        for run in &r.1 {
+        for (_, run) in &r.1 {
             for x in run {
                 if !names.contains(&x.name) {
                     names.push(x.name);
@@ -953,9 +974,17 @@ fn report(results: &[(String, Vec<Vec<M>>, usize)]) {
             }
         }
     }
+    let limit = results
+        .iter()
+        .position(|r| r.0 == Kind::Limit.name())
+        .filter(|&i| i > 0);
+    let limit_head = match limit {
+        Some(_) => format!(" {:>9}", "÷ limit"),
+        None => String::new(),
+    };
     let w = results.iter().map(|r| r.0.len()).max().unwrap_or(6).max(6);
     println!(
-        "  {:<26} {:<w$} {:>12} {:>25} {:>10} {:>5}",
+        "  {:<26} {:<w$} {:>12} {:>25} {:>10}{limit_head} {:>5}",
         "metric",
         "server",
         "median",
@@ -963,36 +992,43 @@ fn report(results: &[(String, Vec<Vec<M>>, usize)]) {
         format!("÷ {}", results[0].0),
         "runs"
     );
+    let vals = |r: &Slot, name: &str| -> Vec<f64> {
+        r.1.iter()
+            .filter_map(|(_, run)| run.iter().find(|x| x.name == name).map(|x| x.v))
+            .collect()
+    };
+    let ratio = |v: f64, base: Option<f64>| match base {
+        Some(b) if b != 0.0 => format!("{:.2}", v / b),
+        _ => "-".into(),
+    };
     for name in names {
-        let vals = |r: &(String, Vec<Vec<M>>, usize)| -> Vec<f64> {
-            r.1.iter()
-                .filter_map(|run| run.iter().find(|x| x.name == name).map(|x| x.v))
-                .collect()
-        };
-        let base = stats::summarize(&vals(&results[0])).map(|s| s.median);
+        let base = stats::summarize(&vals(&results[0], name)).map(|s| s.median);
+        let limit_base =
+            limit.and_then(|i| stats::summarize(&vals(&results[i], name)).map(|s| s.median));
         for (i, r) in results.iter().enumerate() {
             let label = if i == 0 { name } else { "" };
-            match stats::summarize(&vals(r)) {
+            match stats::summarize(&vals(r, name)) {
                 Some(s) => {
-                    let ratio = match base {
-                        Some(b) if b != 0.0 => format!("{:.2}", s.median / b),
-                        _ => "-".into(),
-                    };
                     let failed = if r.2 > 0 {
                         format!(" ({} failed)", r.2)
                     } else {
                         String::new()
                     };
+                    let to_limit = match limit {
+                        Some(_) => format!(" {:>9}", ratio(s.median, limit_base)),
+                        None => String::new(),
+                    };
                     println!(
-                        "  {label:<26} {:<w$} {:>12} {:>25} {ratio:>10} {:>5}{failed}",
+                        "  {label:<26} {:<w$} {:>12} {:>25} {:>10}{to_limit} {:>5}{failed}",
                         r.0,
                         fmt(s.median),
                         format!("{} – {}", fmt(s.min), fmt(s.max)),
+                        ratio(s.median, base),
                         s.n
                     );
                 }
                 None => println!(
-                    "  {label:<26} {:<w$} {:>12} {:>25} {:>10} {:>5}",
+                    "  {label:<26} {:<w$} {:>12} {:>25} {:>10}{} {:>5}",
                     r.0,
                     "-",
                     if r.1.is_empty() {
@@ -1001,27 +1037,59 @@ fn report(results: &[(String, Vec<Vec<M>>, usize)]) {
                         "not measured"
                     },
                     "-",
+                    if limit.is_some() { " -" } else { "" },
                     0
                 ),
             }
         }
     }
+    if let Some(li) = limit {
+        paired_ratios(results, li);
+    }
     for r in results {
-        let gen_pct = stats::summarize(
-            &r.1.iter()
-                .filter_map(|run| {
-                    run.iter()
-                        .find(|x| x.name == "generator CPU %")
-                        .map(|x| x.v)
-                })
-                .collect::<Vec<_>>(),
-        );
+        let gen_pct = stats::summarize(&vals(r, "generator CPU %"));
         if let Some(s) = gen_pct
             && s.median > 85.0
         {
             println!(
                 "  note: generator CPU {:.0}% against {}: the generator may be the bottleneck",
                 s.median, r.0
+            );
+        }
+    }
+}
+
+/// The metrics whose ratio to `limit` is reported run by run.
+const PAIRED: [&str; 3] = ["server CPU ns/delivery", "delivered msg/s", "iterations/s"];
+
+/// For every server but `limit`: its value over the limit's in the same round, for the
+/// metrics of PAIRED; median and spread of those per-round ratios.
+fn paired_ratios(results: &[Slot], li: usize) {
+    let value = |run: &[M], name: &str| run.iter().find(|x| x.name == name).map(|x| x.v);
+    let mut header = false;
+    for name in PAIRED {
+        for (i, r) in results.iter().enumerate() {
+            if i == li {
+                continue;
+            }
+            let ratios: Vec<f64> =
+                r.1.iter()
+                    .filter_map(|(run, ms)| {
+                        let (_, lm) = results[li].1.iter().find(|(lr, _)| lr == run)?;
+                        let (v, l) = (value(ms, name)?, value(lm, name)?);
+                        (l != 0.0).then_some(v / l)
+                    })
+                    .collect();
+            let Some(s) = stats::summarize(&ratios) else {
+                continue;
+            };
+            if !header {
+                println!("  ratio to limit, run by run (same round of the interleaving):");
+                header = true;
+            }
+            println!(
+                "  {name:<26} {:<8} ÷ limit {:>6.3} (min – max {:.3} – {:.3}, {} rounds)",
+                r.0, s.median, s.min, s.max, s.n
             );
         }
     }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     Wschat,
+    /// The physical limit: the minimal relay of `limit.rs`, this binary run again.
+    Limit,
     Node,
     Bun,
 }
@@ -23,6 +25,7 @@ impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "wschat" => Some(Kind::Wschat),
+            "limit" => Some(Kind::Limit),
             "node" => Some(Kind::Node),
             "bun" => Some(Kind::Bun),
             _ => None,
@@ -32,6 +35,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Wschat => "wschat",
+            Kind::Limit => "limit",
             Kind::Node => "node",
             Kind::Bun => "bun",
         }
@@ -57,7 +61,7 @@ fn bun_bin() -> PathBuf {
 pub fn check_available(kind: Kind) -> Result<(), String> {
     let hint = "(run bench-peers/install.sh)";
     match kind {
-        Kind::Wschat => Ok(()),
+        Kind::Wschat | Kind::Limit => Ok(()),
         Kind::Node => {
             let ok = Command::new("node")
                 .arg("--version")
@@ -99,6 +103,25 @@ pub fn wschat_supports(flag: &str) -> bool {
                 || String::from_utf8_lossy(&o.stderr).contains(flag)
         })
         .unwrap_or(false)
+}
+
+/// `cmd` run under `$RELAY_SERVER_WRAPPER` when set (words split on spaces), e.g.
+/// `valgrind --tool=callgrind`: the wrapper execs the server in the same process, so its CPU
+/// is still the server's (see docs/benchmarks.md, "Where the CPU goes").
+fn wrapped(cmd: Command) -> Command {
+    let Ok(wrapper) = std::env::var("RELAY_SERVER_WRAPPER") else {
+        return cmd;
+    };
+    let mut words = wrapper.split_ascii_whitespace();
+    let Some(first) = words.next() else {
+        return cmd;
+    };
+    let mut outer = Command::new(first);
+    outer
+        .args(words)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    outer
 }
 
 pub fn on_path(prog: &str) -> Option<PathBuf> {
@@ -144,6 +167,15 @@ impl ServerProc {
                 }
                 c
             }
+            Kind::Limit => {
+                let exe = std::env::current_exe().map_err(|e| format!("limit: own path: {e}"))?;
+                let mut c = Command::new(exe);
+                c.args([crate::LIMIT_ARG, "--port", &port.to_string()]);
+                if opts.echo {
+                    c.arg("--echo");
+                }
+                c
+            }
             Kind::Node => {
                 let mut c = Command::new("node");
                 c.arg(peers_dir().join("node-server.js"));
@@ -164,7 +196,10 @@ impl ServerProc {
             }
         };
         cmd.args(&opts.extra);
-        Self::spawn(cmd, kind.name(), port, log_dir, tag, true)
+        let cmd = wrapped(cmd);
+        // The limit has no HTTP routes: ready once its port accepts.
+        let health = kind != Kind::Limit;
+        Self::spawn(cmd, kind.name(), port, log_dir, tag, health)
     }
 
     /// Spawns `cmd` pinned to CPU 0, logging to `log_dir/<name>-<tag>.log`; waits
