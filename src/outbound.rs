@@ -168,8 +168,24 @@ impl Outbound {
     }
 
     /// Queues whole frames that must go out whatever the budget: control frames from
-    /// tungstenite, history on join.
+    /// tungstenite, history on join; and, from fan-out, a small frame within the budget.
+    /// The common case (the last buffer has room) is inlined into fan-out's loop: measured
+    /// against the `limit` relay, the call per recipient was the largest cost.
+    #[inline]
     pub fn push_copy(&mut self, total: &mut QueuedTotal, bytes: &[u8]) {
+        if let Some(Segment::Copied(last)) = self.segments.back_mut()
+            && last.capacity() - last.len() >= bytes.len()
+        {
+            self.len += bytes.len();
+            total.bytes += bytes.len();
+            last.extend_from_slice(bytes);
+            return;
+        }
+        self.push_copy_slow(total, bytes);
+    }
+
+    #[inline(never)]
+    fn push_copy_slow(&mut self, total: &mut QueuedTotal, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
