@@ -285,6 +285,9 @@ struct Outcome {
     /// are not in the server's RSS, but they are the host's memory.
     tcp_mem_peak: u64,
     load: String,
+    /// Listen-queue overflows during the attack (machine-wide): each one is a SYN dropped,
+    /// which the client retries after 1 s.
+    listen_overflows: u64,
     /// Seconds since the pair joined: attack start, all in, attackers gone, end.
     timeline: [f64; 4],
 }
@@ -324,6 +327,7 @@ fn run_attack(cfg: &Cfg, attack: Attack) -> Outcome {
         counters: String::new(),
         tcp_mem_peak: 0,
         load: String::new(),
+        listen_overflows: 0,
         timeline: [0.0; 4],
     };
     let mut srv = match ServerProc::start(&cfg.bin, &cfg.server_args, &log) {
@@ -370,6 +374,7 @@ fn run_attack(cfg: &Cfg, attack: Attack) -> Outcome {
         Instant::now(),
     );
     out.timeline[0] = origin.elapsed().as_secs_f64();
+    let overflows0 = listen_overflows();
     let leave = Arc::new(AtomicBool::new(false));
     let abort = Arc::new(AtomicBool::new(false));
     let engine = {
@@ -408,6 +413,9 @@ fn run_attack(cfg: &Cfg, attack: Attack) -> Outcome {
     out.after = last_rss;
     out.peak = peak;
     out.timeline[3] = origin.elapsed().as_secs_f64();
+    if let (Some(a), Some(b)) = (overflows0, listen_overflows()) {
+        out.listen_overflows = b.saturating_sub(a);
+    }
     stop.store(true, Ordering::SeqCst);
     out.pair = pair_thread.join().unwrap_or_default();
     let _ = probe_thread.join();
@@ -444,6 +452,18 @@ fn loadavg() -> String {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(String::from))
         .unwrap_or_else(|| "?".into())
+}
+
+/// `TcpExt: ListenOverflows` from /proc/net/netstat (machine-wide).
+fn listen_overflows() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = s.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(i)?.parse().ok()
 }
 
 /// Bytes of kernel memory in TCP buffers, machine-wide.
@@ -719,8 +739,9 @@ fn render(cfg: &Cfg, outcomes: &[Outcome], command: &str) -> (String, String) {
         let _ = writeln!(d, "- {}; load average {}", cpu_text(o), o.load);
         let _ = writeln!(
             d,
-            "- kernel TCP buffers at their peak (machine-wide): {}",
-            mib(o.tcp_mem_peak)
+            "- kernel TCP buffers at their peak (machine-wide): {}; listen-queue overflows: {}",
+            mib(o.tcp_mem_peak),
+            o.listen_overflows
         );
         let _ = writeln!(d, "- server counters: {}", o.counters);
         if o.plan.churn {
@@ -809,6 +830,14 @@ fn main() {
         let o = run_attack(&cfg, attack);
         if let Some(e) = &o.error {
             eprintln!("hostile:   ERROR {e}");
+            // A server that cannot start (a flag it does not know, say) will not start for
+            // the next attack either.
+            let fatal = e.starts_with("server exited at start");
+            outcomes.push(o);
+            if fatal {
+                break;
+            }
+            continue;
         }
         for v in &o.verdicts {
             let mark = match v.pass {
@@ -828,8 +857,9 @@ fn main() {
         eprintln!("hostile:   {}", timeline_text(&o));
         eprintln!("hostile:   {}; load average {}", cpu_text(&o), o.load);
         eprintln!(
-            "hostile:   kernel TCP buffers at their peak (machine-wide): {}",
-            mib(o.tcp_mem_peak)
+            "hostile:   kernel TCP buffers at their peak (machine-wide): {}; listen-queue overflows: {}",
+            mib(o.tcp_mem_peak),
+            o.listen_overflows
         );
         eprintln!("hostile:   server counters: {}", o.counters);
         if let Some(t) = per_conn_text(&o) {
