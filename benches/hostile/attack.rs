@@ -26,8 +26,10 @@ const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 /// Source addresses 127.0.0.1 ..= 127.0.0.N the connections rotate over: 8 x 28,000
 /// ephemeral ports, so the TIME_WAIT of one attack cannot starve the next.
 const SOURCE_ADDRS: u32 = 8;
-/// Receive buffer of an attack socket (the kernel doubles it).
+/// Receive and send buffers of an attack socket (the kernel doubles them): the send buffer
+/// holds a whole 60 KB frame or the 100 KiB of pipelined requests, so no script waits on it.
 const RCVBUF: libc::c_int = 8192;
+const SNDBUF: libc::c_int = 64 * 1024;
 /// Bytes an endless writer (publisher, pinger) may write per turn before the others.
 const TURN: usize = 256 * 1024;
 /// Bytes of a partial request head (the server's limit is 8 KiB: stay just under it, in
@@ -741,17 +743,19 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> io::Result<std::net::TcpStr
             p,
             optlen,
         );
-        // A small receive buffer, set before connect so the window is small from the start:
-        // a remote attacker's buffers are on its own machine, and here they would otherwise
-        // take up to 32 MiB each (tcp_rmem) of the kernel memory the server shares.
-        let rcv: libc::c_int = RCVBUF;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &rcv as *const libc::c_int as *const libc::c_void,
-            optlen,
-        );
+        // Small buffers, set before connect so the window is small from the start: a remote
+        // attacker's buffers are on its own machine, and here they would otherwise take up
+        // to 32 MiB (tcp_rmem) and 4 MiB (tcp_wmem) each of the kernel memory the server
+        // shares, and the machine-wide TCP figure would no longer show the server's part.
+        for (opt, size) in [(libc::SO_RCVBUF, RCVBUF), (libc::SO_SNDBUF, SNDBUF)] {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &size as *const libc::c_int as *const libc::c_void,
+                optlen,
+            );
+        }
         let s = sin(SocketAddrV4::new(src, 0));
         if libc::bind(fd, &s as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(io::Error::last_os_error());
