@@ -395,6 +395,9 @@ fn engine(addr: SocketAddrV4, plan: &Plan, abort: &AtomicBool) -> Tally {
                         let n = order.len() as u64 + 1;
                         *tally.local.entry(err_name(&e)).or_default() += n;
                         order.clear();
+                    } else if e.raw_os_error() == Some(libc::EAGAIN) {
+                        // Linux: no local port free for this destination just now.
+                        bump(&mut tally.local, err_name(&e));
                     } else {
                         bump(&mut tally.refused, err_name(&e));
                     }
@@ -818,7 +821,7 @@ fn churn_once(
     close: &[u8],
 ) -> Result<(), ChurnError> {
     let s = connect_from(src, addr).map_err(|e| match e.raw_os_error() {
-        Some(libc::EMFILE) | Some(libc::EADDRNOTAVAIL) => ChurnError::Local(err_name(&e)),
+        Some(libc::EMFILE | libc::EADDRNOTAVAIL | libc::EAGAIN) => ChurnError::Local(err_name(&e)),
         _ => ChurnError::Refused(err_name(&e)),
     })?;
     // Wait for the connect with poll(2), then go blocking with timeouts.
