@@ -100,6 +100,14 @@ impl Server {
                 .flush_once(&mut self.queued, &mut conn.transport);
             self.stats.bytes_sent += flushed.bytes as u64;
             match flushed.outcome {
+                // TLS takes all the plaintext it encrypted even when the socket refused part
+                // of the last records (they wait in the session): the socket is full all the
+                // same. Without this, the writable event that follows was ignored and those
+                // records waited for the next message or ping (found by tests/tls.rs, with a
+                // reader whose socket filled on the last message of a burst).
+                FlushOutcome::Open if conn.transport.has_pending_output() => {
+                    conn.write_blocked = true
+                }
                 FlushOutcome::Open => {}
                 FlushOutcome::Blocked => conn.write_blocked = true,
                 FlushOutcome::Failed(e) => {
