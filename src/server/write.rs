@@ -102,9 +102,9 @@ impl Server {
             match flushed.outcome {
                 // TLS takes all the plaintext it encrypted even when the socket refused part
                 // of the last records (they wait in the session): the socket is full all the
-                // same. Without this, the writable event that follows was ignored and those
-                // records waited for the next message or ping (found by tests/tls.rs, with a
-                // reader whose socket filled on the last message of a burst).
+                // same. Without this, the writable event that follows is ignored (the flag is
+                // not set) and those records wait for the next message or ping; seen with the
+                // log of a slow TLS reader whose socket filled on the last message of a burst.
                 FlushOutcome::Open if conn.transport.has_pending_output() => {
                     conn.write_blocked = true
                 }
