@@ -223,6 +223,20 @@ fn https_serves_the_page_healthz_and_metrics_with_keep_alive() {
         assert_eq!(reply.status, 200, "{path}: {}", reply.head);
         assert!(!reply.body.is_empty(), "{path}");
     }
+    // A browser's request leaves with its Finished, in the same flight: the server must
+    // read it from the records after the handshake ones.
+    let mut conn = rustls::ClientConnection::new(
+        target.config.clone(),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    conn.writer()
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut eager = rustls::StreamOwned::new(conn, target.tcp());
+    let reply = read_reply(&mut eager);
+    assert_eq!(reply.status, 200, "{}", reply.head);
+
     // And the same connection upgrades after them.
     stream
         .write_all(upgrade_request("/after-keep-alive").as_bytes())
