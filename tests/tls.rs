@@ -201,6 +201,75 @@ fn a_tls_reader_that_trickles_gets_the_last_record_without_waiting() {
     }
 }
 
+/// Message size for the fill test: a frame header and two records of payload, so one
+/// message is one send chunk (four records).
+const FILL_MESSAGE: usize = 24 * 1024;
+
+/// Sends messages one at a time, each relayed in a pass of its own, until the server queues
+/// one (the socket refused) or `limit` were sent; returns how many were sent.
+fn send_until_queued(server: &TestServer, sender: &mut TlsClient, limit: usize) -> usize {
+    let mut sent = 0;
+    while sent < limit {
+        let before = server.metric("wschat_deliveries_total");
+        sender
+            .send(Message::binary(pattern(FILL_MESSAGE, sent as u32)))
+            .unwrap();
+        sent += 1;
+        eventually("the delivery", || {
+            server.metric("wschat_deliveries_total") > before
+        });
+        if server.metric("wschat_outbound_queued_bytes") > 0.0 {
+            break;
+        }
+    }
+    sent
+}
+
+#[test]
+fn records_the_socket_refused_after_the_last_message_go_out_when_it_drains() {
+    // A reader that does not read, sent messages one at a time: the message that fills its
+    // socket is taken whole by the TLS session (encrypted) but the socket takes only part of
+    // its records, and the queue is empty. When no message follows, those records must go
+    // out on the socket's next writable event, not wait for the next message or ping (30 s
+    // away; the read timeout is 5 s). A first round finds how many messages fill a socket
+    // (the first one queued); the next rounds, on fresh readers, stop at the one before it
+    // (where the socket fills differs a little between connections, hence several rounds).
+    // Metrics come over the plain port, quicker than a TLS handshake each.
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (server, target) = start_tls(
+        &pki,
+        Config {
+            tls_port: Some(0),
+            max_outbound: 64 * 1024 * 1024,
+            max_outbound_total: 128 * 1024 * 1024,
+            ..tls_config(&pair)
+        },
+    );
+    let mut sender = target.client("/fill");
+    let mut reader = target.client("/fill");
+    wait_for_members(&server, 2);
+    let fill = send_until_queued(&server, &mut sender, usize::MAX);
+    for seq in 0..fill {
+        assert!(binary_payload(next_message(&mut reader)) == pattern(FILL_MESSAGE, seq as u32));
+    }
+    drop(reader);
+    wait_for_members(&server, 1);
+    for stop in [fill - 1, fill - 1, fill - 1, fill - 2, fill] {
+        let mut reader = target.client("/fill");
+        wait_for_members(&server, 2);
+        let sent = send_until_queued(&server, &mut sender, stop);
+        for seq in 0..sent {
+            assert!(
+                binary_payload(next_message(&mut reader)) == pattern(FILL_MESSAGE, seq as u32),
+                "message {seq} of {sent} (a socket filled at {fill})"
+            );
+        }
+        drop(reader);
+        wait_for_members(&server, 1);
+    }
+}
+
 #[test]
 fn https_serves_the_page_healthz_and_metrics_with_keep_alive() {
     let pki = TestPki::new();

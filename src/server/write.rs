@@ -103,8 +103,8 @@ impl Server {
                 // TLS takes all the plaintext it encrypted even when the socket refused part
                 // of the last records (they wait in the session): the socket is full all the
                 // same. Without this, the writable event that follows is ignored (the flag is
-                // not set) and those records wait for the next message or ping; seen with the
-                // log of a slow TLS reader whose socket filled on the last message of a burst.
+                // not set) and those records wait for the next message or ping (tests/tls.rs:
+                // records_the_socket_refused_after_the_last_message_go_out_when_it_drains).
                 FlushOutcome::Open if conn.transport.has_pending_output() => {
                     conn.write_blocked = true
                 }
