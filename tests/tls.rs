@@ -556,6 +556,19 @@ fn bad_flights(config: std::sync::Arc<rustls::ClientConfig>) -> Vec<(&'static st
             vec![0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5],
         ),
         ("a ClientHello, then garbage", hello_then_garbage),
+        // A handshake message announcing 64 KiB, in full records: rustls joins handshake
+        // messages across records, so the server holds them until it can judge.
+        ("a 64 KiB handshake message over five records", {
+            let mut body = vec![0x01, 0x00, 0xff, 0xff];
+            body.resize(4 + 0xffff, 0);
+            let mut flight = Vec::new();
+            for record in body.chunks(16 * 1024) {
+                flight.extend_from_slice(&[0x16, 0x03, 0x01]);
+                flight.extend_from_slice(&(record.len() as u16).to_be_bytes());
+                flight.extend_from_slice(record);
+            }
+            flight
+        }),
     ]
 }
 
@@ -615,11 +628,58 @@ fn plain_http_and_garbage_on_the_tls_port_end_at_once_without_spinning() {
     let elapsed = wall.elapsed();
     assert!(
         used < elapsed / 4,
-        "the server used {used:?} of CPU in {elapsed:?} for 35 bad connections"
+        "the server used {used:?} of CPU in {elapsed:?} for 40 bad connections"
     );
     assert_eq!(target.get("/healthz").status, 200);
     drop(held);
     assert_eq!(daemon.stop(libc::SIGTERM), Some(0));
+}
+
+#[test]
+fn garbage_after_the_handshake_and_close_notify_end_the_connection() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(&pki, tls_config(&pair));
+    let mut a = target.client("/after");
+    let mut b = target.client("/after");
+    wait_members(&target, 2);
+
+    // Records that do not decrypt, and one longer than TLS allows, after a good handshake and
+    // in the middle of a WebSocket: the connection ends at once, the others go on.
+    for (what, bytes) in [
+        (
+            "a record that does not decrypt",
+            [&[0x17u8, 0x03, 0x03, 0x00, 0x20][..], &[0x5a; 0x20]].concat(),
+        ),
+        (
+            "an oversized record",
+            [&[0x17u8, 0x03, 0x03, 0x48, 0x01][..], &[0; 64]].concat(),
+        ),
+    ] {
+        let mut c = target.client("/after");
+        wait_members(&target, 3);
+        let socket = &mut c.get_mut().sock;
+        let sent = Instant::now();
+        socket.write_all(&bytes).unwrap();
+        answer_to(socket);
+        assert!(
+            sent.elapsed() < scaled(Duration::from_secs(1)),
+            "{what}: took {:?}",
+            sent.elapsed()
+        );
+        wait_members(&target, 2);
+        a.send(Message::text(what)).unwrap();
+        assert_eq!(next_text(&mut b), what);
+    }
+
+    // A client that ends its TLS session (close_notify) has left: the server ends too.
+    let mut c = target.client("/after");
+    wait_members(&target, 3);
+    c.get_mut().conn.send_close_notify();
+    c.get_mut().flush().unwrap();
+    wait_members(&target, 2);
+    a.send(Message::text("after close_notify")).unwrap();
+    assert_eq!(next_text(&mut b), "after close_notify");
 }
 
 #[test]
