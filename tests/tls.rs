@@ -683,6 +683,32 @@ fn garbage_after_the_handshake_and_close_notify_end_the_connection() {
 }
 
 #[test]
+fn tls13_key_updates_mid_websocket_keep_the_relay_going() {
+    // A client's KeyUpdate asks the server to update its keys too (rustls's client always
+    // requests it): the server's next records must follow its own KeyUpdate, in order.
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(&pki, tls_config(&pair));
+    let mut a = target.client("/keys");
+    let mut b = target.client("/keys");
+    wait_members(&target, 2);
+    for round in 0..3 {
+        a.get_mut().conn.refresh_traffic_keys().unwrap();
+        a.send(Message::text(format!("a after key update {round}")))
+            .unwrap();
+        assert_eq!(next_text(&mut b), format!("a after key update {round}"));
+        b.get_mut().conn.refresh_traffic_keys().unwrap();
+        b.send(Message::text(format!("b after key update {round}")))
+            .unwrap();
+        assert_eq!(next_text(&mut a), format!("b after key update {round}"));
+        // And a large message, many records under the new keys.
+        let big = pattern(48 * 1024, round);
+        a.send(Message::binary(big.clone())).unwrap();
+        assert_eq!(binary_payload(next_message(&mut b)), big);
+    }
+}
+
+#[test]
 fn an_unfinished_handshake_is_closed_after_the_handshake_timeout() {
     let pki = TestPki::new();
     let pair = pki.issue("server", KeyKind::EcdsaP256);
