@@ -306,6 +306,24 @@ fn https_serves_the_page_healthz_and_metrics_with_keep_alive() {
     let reply = read_reply(&mut eager);
     assert_eq!(reply.status, 200, "{}", reply.head);
 
+    // Two requests in one write (one TLS record): both answered, in order.
+    let mut stream = target.connect();
+    stream
+        .write_all(
+            b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n\
+              GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(
+        read_reply(&mut stream).body_text().trim(),
+        health.body_text().trim()
+    );
+    assert!(
+        read_reply(&mut stream)
+            .body_text()
+            .contains("wschat_websockets_open")
+    );
+
     // And the same connection upgrades after them.
     stream
         .write_all(upgrade_request("/after-keep-alive").as_bytes())
@@ -451,6 +469,28 @@ fn a_missing_unreadable_or_mismatched_pair_is_one_line_and_exit_1() {
             lines[0]
         );
         assert!(ran.stdout.is_empty(), "{what}: stdout {:?}", ran.stdout);
+    }
+}
+
+#[test]
+fn half_a_pair_or_a_tls_port_alone_is_a_usage_error() {
+    for args in [
+        &["--tls-cert", "cert.pem"][..],
+        &["--tls-key", "key.pem"],
+        &["--tls-port", "8443"],
+        &[
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+            "--tls-port",
+            "x",
+        ],
+    ] {
+        let ran = run_to_exit(&[&["--bind", "127.0.0.1", "--port", "0"][..], args].concat());
+        assert_eq!(ran.code, 2, "{args:?}: {}", ran.stderr);
+        assert_eq!(ran.stderr.lines().count(), 1, "{args:?}: {}", ran.stderr);
+        assert!(ran.stderr.contains("--tls-"), "{args:?}: {}", ran.stderr);
     }
 }
 
