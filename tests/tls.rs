@@ -306,6 +306,18 @@ fn https_serves_the_page_healthz_and_metrics_with_keep_alive() {
     let reply = read_reply(&mut eager);
     assert_eq!(reply.status, 200, "{}", reply.head);
 
+    // `Connection: close` ends the session cleanly: close_notify before the TCP end (rustls
+    // reports a TCP end without it as an error: a truncation attack looks like that).
+    let mut closing = target.connect();
+    closing
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut whole = Vec::new();
+    closing
+        .read_to_end(&mut whole)
+        .expect("the response, then close_notify");
+    assert!(whole.starts_with(b"HTTP/1.1 200"));
+
     // Two requests in one write (one TLS record): both answered, in order.
     let mut stream = target.connect();
     stream
@@ -746,6 +758,37 @@ fn tls13_key_updates_mid_websocket_keep_the_relay_going() {
         a.send(Message::binary(big.clone())).unwrap();
         assert_eq!(binary_payload(next_message(&mut b)), big);
     }
+}
+
+#[test]
+fn shutdown_says_going_away_over_tls_and_ends_the_sessions_cleanly() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (server, target) = start_tls(&pki, tls_config(&pair));
+    let mut a = target.client("/bye");
+    let mut b = target.client("/bye");
+    wait_members(&target, 2);
+    server.begin_shutdown();
+    assert_eq!(expect_close(&mut a), CloseCode::Away);
+    assert_eq!(expect_close(&mut b), CloseCode::Away);
+    // The closing handshake completes and the server ends each session with close_notify:
+    // the stream ends without an error.
+    for client in [&mut a, &mut b] {
+        let _ = client.flush();
+        let mut rest = Vec::new();
+        client
+            .get_mut()
+            .read_to_end(&mut rest)
+            .expect("close_notify, then the end");
+    }
+    let stopping = Instant::now();
+    drop((a, b));
+    server.stop().unwrap();
+    assert!(
+        stopping.elapsed() < scaled(Duration::from_secs(1)),
+        "the drain waited {:?} for clients that had gone",
+        stopping.elapsed()
+    );
 }
 
 #[test]
