@@ -69,11 +69,29 @@ fn every_key_kind_serves_wss_and_presents_its_certificate() {
             Some(&b"http/1.1"[..]),
             "{kind:?}: ALPN"
         );
+        assert_eq!(
+            stream.conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        // A TLS 1.2 client (older embedded stacks) with the same key.
+        let tls12 = TlsTarget {
+            config: pki.client_config_for(&[&rustls::version::TLS12]),
+            ..target.clone()
+        };
+        let old = tls12.connect();
+        assert_eq!(
+            old.conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2),
+            "{kind:?}"
+        );
         let mut a = target.client("/keys");
-        let mut b = target.client("/keys");
+        let mut b = tls12.client("/keys");
         wait_members(&target, 2);
         a.send(Message::text(format!("hello over {name}"))).unwrap();
         assert_eq!(next_text(&mut b), format!("hello over {name}"));
+        b.send(Message::text(format!("TLS 1.2 with {name}")))
+            .unwrap();
+        assert_eq!(next_text(&mut a), format!("TLS 1.2 with {name}"));
     }
 }
 

@@ -221,6 +221,14 @@ impl TestPki {
 
     /// A client's settings that trust this CA only; ALPN `http/1.1` as browsers offer it.
     pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.client_config_for(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    }
+
+    /// Like [`Self::client_config`], offering only `versions`.
+    pub fn client_config_for(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(&self.ca).unwrap() {
             roots.add(cert.unwrap()).unwrap();
@@ -228,7 +236,7 @@ impl TestPki {
         #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
