@@ -74,3 +74,30 @@ fn port_zero_logs_the_address_to_point_a_browser_at() {
     assert_ne!(daemon.addr.port(), 0);
     assert_eq!(daemon.get("/healthz").status, 200);
 }
+
+/// A build without the `tls` feature (`cargo test --no-default-features --test cli`) refuses
+/// every TLS flag in one line that says why, before it looks at any file.
+#[cfg(not(feature = "tls"))]
+#[test]
+fn a_build_without_tls_refuses_the_tls_flags_in_one_line() {
+    for args in [
+        &[
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ][..],
+        &["--tls-key", "key.pem"],
+        &["--tls-port", "8443"],
+    ] {
+        let ran = run_binary(args);
+        assert_eq!(ran.code, 2, "{args:?}: {}", ran.stderr);
+        assert!(ran.stdout.is_empty());
+        assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+        assert!(
+            ran.stderr.contains("no TLS") && ran.stderr.contains(args[0]),
+            "{}",
+            ran.stderr
+        );
+    }
+}

@@ -146,6 +146,44 @@ fn socket_activation_serves_the_passed_socket() {
     assert_eq!(daemon.stop(libc::SIGTERM), Some(0));
 }
 
+/// Socket activation with TLS: the passed socket is the listener that speaks TLS.
+#[cfg(feature = "tls")]
+#[test]
+fn socket_activation_with_tls_serves_wss_on_the_passed_socket() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let listener = loopback_listener();
+    let addr = listener.local_addr().unwrap();
+    let port = addr.port().to_string();
+    let mut daemon = activated(
+        &listener,
+        &[],
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--tls-cert",
+            pair.cert.to_str().unwrap(),
+            "--tls-key",
+            pair.key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(daemon.tls_addr(), addr, "TLS on the passed socket");
+    drop(listener);
+    let target = pki.target(addr);
+    let mut a = target.client("/room");
+    let mut b = target.client("/room");
+    eventually("2 websockets", || {
+        target.metric("wschat_websockets_open") == 2.0
+    });
+    a.send(Message::text("through systemd's socket, encrypted"))
+        .unwrap();
+    assert_eq!(next_text(&mut b), "through systemd's socket, encrypted");
+    drop((a, b));
+    assert_eq!(daemon.stop(libc::SIGTERM), Some(0));
+}
+
 #[test]
 fn a_listen_pid_for_another_process_is_ignored() {
     // The variables were meant for some other process (a parent that did not unset them):

@@ -108,6 +108,14 @@ impl Server {
                 .flush_once(&mut self.queued, &mut conn.transport);
             self.stats.bytes_sent += flushed.bytes as u64;
             match flushed.outcome {
+                // TLS takes all the plaintext it encrypted even when the socket refused part
+                // of the last records (they wait in the session): the socket is full all the
+                // same. Without this, the writable event that follows is ignored (the flag is
+                // not set) and those records wait for the next message or ping (tests/tls.rs:
+                // records_the_socket_refused_after_the_last_message_go_out_when_it_drains).
+                FlushOutcome::Open if conn.transport.has_pending_output() => {
+                    conn.write_blocked = true
+                }
                 FlushOutcome::Open => {}
                 FlushOutcome::Blocked => conn.write_blocked = true,
                 FlushOutcome::Failed(e) => {

@@ -4,6 +4,8 @@
 //   WSCHAT_STOP_CMD / WSCHAT_START_CMD (shell commands to stop / start the server:
 //   enables the "not connected" + reconnect checks), WSCHAT_STATIC (static dir for the file: check),
 //   WSCHAT_MAX_MESSAGE_SIZE (the server's --max-message-size in bytes, default 65536).
+// An https:// WSCHAT_URL (a self-signed certificate) starts Chromium with
+// --ignore-certificate-errors, and the page must then open wss:// by itself.
 import { chromium } from 'playwright-core';
 import { execSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -18,6 +20,9 @@ const shots = process.env.WSCHAT_SHOTS || '';
 const room = '/pagetest-' + Math.random().toString(36).slice(2, 8) + '/sub';
 const roomUrl = new URL(room, base).href;
 const limit = Number(process.env.WSCHAT_MAX_MESSAGE_SIZE || 65536);
+const secure = base.startsWith('https:');
+// Every WebSocket URL the pages served by the server opened.
+const sockets = [];
 
 let failures = 0;
 function check(ok, what) { console.log((ok ? 'ok   ' : 'FAIL ') + what); if (!ok) failures++; }
@@ -26,13 +31,14 @@ const sleep = ms => new Promise(r => setTimeout(r, ms));
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
+    '--disable-component-update', '--disable-sync'].concat(secure ? ['--ignore-certificate-errors'] : []),
 });
 const timeout = ms => ({ timeout: ms });
 async function open(url, viewport = { width: 1000, height: 700 }, colorScheme = 'light') {
   const ctx = await browser.newContext({ viewport, colorScheme });
   const page = await ctx.newPage();
   page.on('pageerror', e => check(false, 'page error: ' + e.message));
+  if (!url.startsWith('file:')) page.on('websocket', ws => sockets.push(ws.url()));
   await page.goto(url);
   return page;
 }
@@ -59,6 +65,8 @@ try {
   check(await a.locator('#room').textContent() === room, 'room name shown: ' + room);
   await connected(a); await connected(b);
   check(true, 'both pages connected');
+  const scheme = secure ? 'wss://' : 'ws://';
+  check(sockets.length >= 2 && sockets.every(u => u.startsWith(scheme)), 'pages opened ' + scheme + ': ' + sockets.join(' '));
 
   // Text from A appears once in B and once (as own) in A, echo mode or not; HTML shown as text.
   const html = 'hi <b>bold</b> & <img src=x onerror=alert(1)> ' + Date.now();

@@ -198,6 +198,25 @@ impl Spawned {
         }
     }
 
+    /// The address that speaks TLS: the main one when its listening line offers https, else
+    /// the one of the "TLS listening on ADDR" line (`--tls-port`), waited for.
+    pub fn tls_addr(&mut self) -> SocketAddr {
+        let main = self.wait_for_line("the listening line", |l| l.contains("listening on "));
+        if main.contains("open https://") {
+            return self.addr;
+        }
+        let line = self.wait_for_line("the TLS listening line", |l| {
+            l.contains("TLS listening on ")
+        });
+        // "TLS listening on ADDR: https://localhost:PORT/"
+        line.split("TLS listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.trim_end_matches(':').parse::<SocketAddr>().ok())
+            .map(|a| SocketAddr::from(([127, 0, 0, 1], a.port())))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

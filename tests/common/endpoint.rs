@@ -78,8 +78,29 @@ impl Endpoint for SocketAddr {
     }
 }
 
-pub fn set_timeout(client: &Client, timeout: std::time::Duration) {
-    if let MaybeTlsStream::Plain(stream) = client.get_ref() {
+/// A client's stream that sits on a TCP socket (plain, or TLS over one): what read timeouts
+/// are set on.
+pub trait OnSocket {
+    fn socket(&self) -> Option<&TcpStream>;
+}
+
+impl OnSocket for TcpStream {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl OnSocket for MaybeTlsStream<TcpStream> {
+    fn socket(&self) -> Option<&TcpStream> {
+        match self {
+            MaybeTlsStream::Plain(stream) => Some(stream),
+            _ => None,
+        }
+    }
+}
+
+pub fn set_timeout<S: OnSocket>(client: &WebSocket<S>, timeout: std::time::Duration) {
+    if let Some(stream) = client.get_ref().socket() {
         stream.set_read_timeout(Some(timeout)).unwrap();
     }
 }
@@ -98,7 +119,7 @@ pub fn upgrade_request(path: &str) -> String {
 }
 
 /// A GET on a connection that stays open (no `Connection: close`), and its response.
-pub fn keep_alive_get(stream: &mut TcpStream, path: &str) -> HttpReply {
+pub fn keep_alive_get(stream: &mut (impl Read + Write), path: &str) -> HttpReply {
     stream
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .unwrap();
@@ -106,7 +127,7 @@ pub fn keep_alive_get(stream: &mut TcpStream, path: &str) -> HttpReply {
 }
 
 /// Reads up to the end of an HTTP head, byte by byte (so nothing after it is consumed).
-pub fn read_head(stream: &mut TcpStream) -> String {
+pub fn read_head(stream: &mut impl Read) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -151,7 +172,7 @@ impl HttpReply {
 }
 
 /// Reads one response: head, then `Content-Length` bytes of body (or to end of stream).
-pub fn read_reply(stream: &mut TcpStream) -> HttpReply {
+pub fn read_reply(stream: &mut impl Read) -> HttpReply {
     let head = read_head(stream);
     let mut reply = HttpReply {
         status: status_of(&head),

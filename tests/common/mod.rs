@@ -7,6 +7,8 @@
 //!   `qemu-aarch64`), stopped with a signal.
 //! - [`endpoint`]: what a test does with either: a tungstenite client, a raw TCP socket, a raw
 //!   WebSocket, an HTTP request, one metric. [`websocket`] reads and writes frames by hand.
+//! - [`tls`] (feature `tls`): certificates made with `openssl` at test time and a rustls
+//!   client: `wss://` clients and HTTP over TLS.
 //!
 //! Time: every wait and read timeout goes through [`scaled`], so `WSCHAT_TEST_TIME_SCALE=10`
 //! gives a slow emulated target ten times as long without skipping any test. Server-side
@@ -17,12 +19,17 @@ pub mod binary;
 pub mod endpoint;
 pub mod redis;
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod websocket;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 // Every test file takes what it needs with `use common::*`; none needs all of it.
+#[cfg(feature = "tls")]
+#[allow(unused_imports)]
+pub use tls::*;
 #[allow(unused_imports)]
 pub use {binary::*, endpoint::*, server::*, websocket::*, wschat::Config};
 

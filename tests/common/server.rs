@@ -10,6 +10,8 @@ use super::Endpoint;
 /// A server running in a thread; stopped (gracefully) on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The address that speaks TLS (the main one or `tls_port`'s), when TLS is configured.
+    pub tls_addr: Option<SocketAddr>,
     handle: ServerHandle,
     thread: Option<JoinHandle<Result<(), ServerError>>>,
 }
@@ -28,10 +30,12 @@ pub fn config() -> Config {
 pub fn start(config: Config) -> TestServer {
     let server = Server::bind(config).expect("server binds");
     let addr = server.local_addr();
+    let tls_addr = server.tls_addr();
     let handle = server.handle();
     let thread = std::thread::spawn(move || server.run());
     TestServer {
         addr,
+        tls_addr,
         handle,
         thread: Some(thread),
     }

@@ -1,14 +1,14 @@
 //! WebSocket traffic by hand (frames written and read as bytes, for protocol tests) and the
 //! read helpers for tungstenite clients.
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
 
-use super::{Client, set_timeout, timeout};
+use super::{OnSocket, set_timeout, timeout};
 
 /// A client frame, masked as RFC 6455 requires (or not, to test that rule).
 pub fn frame(first_byte: u8, payload: &[u8], masked: bool) -> Vec<u8> {
@@ -107,7 +107,7 @@ pub fn wait_for_eof(stream: &mut TcpStream) {
 }
 
 /// Reads the next data message, answering nothing else (pings are answered by tungstenite).
-pub fn next_message(client: &mut Client) -> Message {
+pub fn next_message<S: Read + Write>(client: &mut WebSocket<S>) -> Message {
     loop {
         match client.read() {
             Ok(m @ (Message::Text(_) | Message::Binary(_))) => return m,
@@ -118,7 +118,7 @@ pub fn next_message(client: &mut Client) -> Message {
     }
 }
 
-pub fn next_text(client: &mut Client) -> String {
+pub fn next_text<S: Read + Write>(client: &mut WebSocket<S>) -> String {
     match next_message(client) {
         Message::Text(text) => text.to_string(),
         other => panic!("expected text, got {other:?}"),
@@ -126,7 +126,7 @@ pub fn next_text(client: &mut Client) -> String {
 }
 
 /// Asserts that nothing arrives within `wait` (pass it through [`super::scaled`]).
-pub fn assert_silent(client: &mut Client, wait: Duration) {
+pub fn assert_silent<S: Read + Write + OnSocket>(client: &mut WebSocket<S>, wait: Duration) {
     set_timeout(client, wait);
     match client.read() {
         Err(tungstenite::Error::Io(e))
@@ -137,7 +137,7 @@ pub fn assert_silent(client: &mut Client, wait: Duration) {
 }
 
 /// Reads until the server's Close arrives; returns its code.
-pub fn expect_close(client: &mut Client) -> CloseCode {
+pub fn expect_close<S: Read + Write>(client: &mut WebSocket<S>) -> CloseCode {
     loop {
         match client.read() {
             Ok(Message::Close(Some(frame))) => return frame.code,

@@ -1,0 +1,896 @@
+//! TLS termination (feature `tls`): `wss://` relays between real TLS clients (rustls under
+//! tungstenite's client), the page, `/healthz` and `/metrics` over https, `--tls-port` beside
+//! the plain port, certificate reload on SIGHUP, start errors, bad input on the TLS port
+//! (plain HTTP, garbage, an unfinished handshake) and the slow-client policy over TLS.
+//! Certificates are made at test time with the `openssl` command (see `common::tls`).
+#![cfg(feature = "tls")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+use wschat::config::SlowClientPolicy;
+
+fn tls_config(pair: &Pair) -> Config {
+    Config {
+        tls_cert: Some(pair.cert.clone()),
+        tls_key: Some(pair.key.clone()),
+        ..config()
+    }
+}
+
+/// The in-process server with `config`, and a TLS target for its TLS address.
+fn start_tls(pki: &TestPki, config: Config) -> (TestServer, TlsTarget) {
+    let server = start(config);
+    let target = pki.target(server.tls_addr.expect("a TLS listener"));
+    (server, target)
+}
+
+fn wait_members(target: &TlsTarget, n: usize) {
+    eventually(&format!("{n} websockets"), || {
+        target.metric("wschat_websockets_open") as usize == n
+    });
+}
+
+/// A payload whose every byte depends on its position and `seed`: a lost, repeated or
+/// reordered record would show.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) as u8 ^ (i >> 8) as u8)
+        .collect()
+}
+
+fn binary_payload(message: Message) -> Vec<u8> {
+    match message {
+        Message::Binary(payload) => payload.to_vec(),
+        other => panic!("expected binary, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_key_kind_serves_wss_and_presents_its_certificate() {
+    let pki = TestPki::new();
+    for (name, kind) in [
+        ("ecdsa", KeyKind::EcdsaP256),
+        ("ed25519", KeyKind::Ed25519),
+        ("rsa", KeyKind::Rsa),
+    ] {
+        let pair = pki.issue(name, kind);
+        let (_server, target) = start_tls(&pki, tls_config(&pair));
+        let stream = target.connect();
+        assert_eq!(presented_leaf(&stream), pair.leaf, "{kind:?}: the leaf");
+        assert_eq!(
+            stream.conn.alpn_protocol(),
+            Some(&b"http/1.1"[..]),
+            "{kind:?}: ALPN"
+        );
+        assert_eq!(
+            stream.conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        // A TLS 1.2 client (older embedded stacks) with the same key.
+        let tls12 = TlsTarget {
+            config: pki.client_config_for(&[&rustls::version::TLS12]),
+            ..target.clone()
+        };
+        let old = tls12.connect();
+        assert_eq!(
+            old.conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2),
+            "{kind:?}"
+        );
+        let mut a = target.client("/keys");
+        let mut b = tls12.client("/keys");
+        wait_members(&target, 2);
+        a.send(Message::text(format!("hello over {name}"))).unwrap();
+        assert_eq!(next_text(&mut b), format!("hello over {name}"));
+        b.send(Message::text(format!("TLS 1.2 with {name}")))
+            .unwrap();
+        assert_eq!(next_text(&mut a), format!("TLS 1.2 with {name}"));
+    }
+}
+
+#[test]
+fn wss_relays_text_and_binary_of_64_kib_and_bursts() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(
+        &pki,
+        Config {
+            max_message_size: 128 * 1024,
+            ..tls_config(&pair)
+        },
+    );
+    let mut a = target.client("/big");
+    let mut b = target.client("/big");
+    wait_members(&target, 2);
+
+    a.send(Message::text("short")).unwrap();
+    assert_eq!(next_text(&mut b), "short");
+
+    // 64 KiB spans four full TLS records (16 KiB of plaintext each) and a frame header.
+    let big = pattern(64 * 1024, 1);
+    a.send(Message::binary(big.clone())).unwrap();
+    assert_eq!(binary_payload(next_message(&mut b)), big);
+    let text: String = (0..64 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    b.send(Message::text(text.clone())).unwrap();
+    assert_eq!(next_text(&mut a), text);
+
+    // A burst of small messages written at once: many frames per record, records per read.
+    for i in 0..2000 {
+        a.write(Message::text(format!("m{i}"))).unwrap();
+    }
+    a.flush().unwrap();
+    for i in 0..2000 {
+        assert_eq!(next_text(&mut b), format!("m{i}"));
+    }
+}
+
+#[test]
+fn a_tls_reader_that_falls_behind_catches_up_with_every_byte() {
+    // 8 MiB into a reader that does not read: far more than loopback's socket buffers hold,
+    // so the server's writes to it are partial and refused (records wait in the session)
+    // until it reads, then everything must arrive whole and in order.
+    const COUNT: u32 = 128;
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (server, target) = start_tls(
+        &pki,
+        Config {
+            max_message_size: 128 * 1024,
+            max_outbound: 32 * 1024 * 1024,
+            max_outbound_total: 64 * 1024 * 1024,
+            ..tls_config(&pair)
+        },
+    );
+    let mut sender = target.client("/lag");
+    let mut reader = target.client("/lag");
+    wait_members(&target, 2);
+    for seq in 0..COUNT {
+        sender
+            .send(Message::binary(pattern(64 * 1024, seq)))
+            .unwrap();
+    }
+    // The server holds what the socket refused: the write path really was blocked.
+    eventually("the server to hold back part of the fan-out", || {
+        target.metric("wschat_outbound_queued_bytes") > 1024.0 * 1024.0
+    });
+    for seq in 0..COUNT {
+        assert_eq!(
+            binary_payload(next_message(&mut reader)),
+            pattern(64 * 1024, seq),
+            "message {seq}"
+        );
+    }
+    eventually("the queues to drain", || {
+        target.metric("wschat_outbound_queued_bytes") == 0.0
+    });
+    // Both still work both ways.
+    reader.send(Message::text("caught up")).unwrap();
+    assert_eq!(next_text(&mut sender), "caught up");
+    drop(server);
+}
+
+#[test]
+fn a_tls_reader_that_trickles_gets_the_last_record_without_waiting() {
+    // A reader that takes one message at a time with pauses: the socket stays nearly full, so
+    // the server's last write of the fan-out is refused in part after all its plaintext was
+    // encrypted. Those records must go out on the next writable event, not on the next
+    // message or ping (30 s away): the read timeout (5 s) catches a stall.
+    const COUNT: u32 = 48;
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(
+        &pki,
+        Config {
+            max_message_size: 128 * 1024,
+            max_outbound: 32 * 1024 * 1024,
+            max_outbound_total: 64 * 1024 * 1024,
+            ..tls_config(&pair)
+        },
+    );
+    let mut sender = target.client("/trickle");
+    let mut reader = target.client("/trickle");
+    wait_members(&target, 2);
+    for round in 0..3 {
+        for seq in 0..COUNT {
+            sender
+                .send(Message::binary(pattern(
+                    64 * 1024 - 7 * seq as usize,
+                    seq + round,
+                )))
+                .unwrap();
+        }
+        for seq in 0..COUNT {
+            std::thread::sleep(Duration::from_millis(5));
+            assert_eq!(
+                binary_payload(next_message(&mut reader)),
+                pattern(64 * 1024 - 7 * seq as usize, seq + round),
+                "round {round} message {seq}"
+            );
+        }
+    }
+}
+
+/// Message size for the fill test: a frame header and two records of payload, so one
+/// message is one send chunk (four records).
+const FILL_MESSAGE: usize = 24 * 1024;
+
+/// Sends messages one at a time, each relayed in a pass of its own, until the server queues
+/// one (the socket refused) or `limit` were sent; returns how many were sent.
+fn send_until_queued(server: &TestServer, sender: &mut TlsClient, limit: usize) -> usize {
+    let mut sent = 0;
+    while sent < limit {
+        let before = server.metric("wschat_deliveries_total");
+        sender
+            .send(Message::binary(pattern(FILL_MESSAGE, sent as u32)))
+            .unwrap();
+        sent += 1;
+        eventually("the delivery", || {
+            server.metric("wschat_deliveries_total") > before
+        });
+        if server.metric("wschat_outbound_queued_bytes") > 0.0 {
+            break;
+        }
+    }
+    sent
+}
+
+#[test]
+fn records_the_socket_refused_after_the_last_message_go_out_when_it_drains() {
+    // A reader that does not read, sent messages one at a time: the message that fills its
+    // socket is taken whole by the TLS session (encrypted) but the socket takes only part of
+    // its records, and the queue is empty. When no message follows, those records must go
+    // out on the socket's next writable event, not wait for the next message or ping (30 s
+    // away; the read timeout is 5 s). A first round finds how many messages fill a socket
+    // (the first one queued); the next rounds, on fresh readers, stop at the one before it
+    // (where the socket fills differs a little between connections, hence several rounds).
+    // Metrics come over the plain port, quicker than a TLS handshake each.
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (server, target) = start_tls(
+        &pki,
+        Config {
+            tls_port: Some(0),
+            max_outbound: 64 * 1024 * 1024,
+            max_outbound_total: 128 * 1024 * 1024,
+            ..tls_config(&pair)
+        },
+    );
+    let mut sender = target.client("/fill");
+    let mut reader = target.client("/fill");
+    wait_for_members(&server, 2);
+    let fill = send_until_queued(&server, &mut sender, usize::MAX);
+    for seq in 0..fill {
+        assert!(binary_payload(next_message(&mut reader)) == pattern(FILL_MESSAGE, seq as u32));
+    }
+    drop(reader);
+    wait_for_members(&server, 1);
+    for stop in [fill - 1, fill - 1, fill - 1, fill - 2, fill] {
+        let mut reader = target.client("/fill");
+        wait_for_members(&server, 2);
+        let sent = send_until_queued(&server, &mut sender, stop);
+        for seq in 0..sent {
+            assert!(
+                binary_payload(next_message(&mut reader)) == pattern(FILL_MESSAGE, seq as u32),
+                "message {seq} of {sent} (a socket filled at {fill})"
+            );
+        }
+        drop(reader);
+        wait_for_members(&server, 1);
+    }
+}
+
+#[test]
+fn https_serves_the_page_healthz_and_metrics_with_keep_alive() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(&pki, tls_config(&pair));
+
+    let page = target.get("/");
+    assert_eq!(page.status, 200, "{}", page.head);
+    assert!(page.body_text().contains("<html"), "the page");
+    let health = target.get("/healthz");
+    assert_eq!(health.status, 200, "{}", health.head);
+    let metrics = target.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body_text().contains("wschat_websockets_open"));
+
+    // Three requests on one TLS connection.
+    let mut stream = target.connect();
+    for path in ["/healthz", "/", "/metrics"] {
+        let reply = keep_alive_get(&mut stream, path);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.head);
+        assert!(!reply.body.is_empty(), "{path}");
+    }
+    // A browser's request leaves with its Finished, in the same flight: the server must
+    // read it from the records after the handshake ones.
+    let mut conn = rustls::ClientConnection::new(
+        target.config.clone(),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    conn.writer()
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut eager = rustls::StreamOwned::new(conn, target.tcp());
+    let reply = read_reply(&mut eager);
+    assert_eq!(reply.status, 200, "{}", reply.head);
+
+    // `Connection: close` ends the session cleanly: close_notify before the TCP end (rustls
+    // reports a TCP end without it as an error: a truncation attack looks like that).
+    let mut closing = target.connect();
+    closing
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut whole = Vec::new();
+    closing
+        .read_to_end(&mut whole)
+        .expect("the response, then close_notify");
+    assert!(whole.starts_with(b"HTTP/1.1 200"));
+
+    // Two requests in one write (one TLS record): both answered, in order.
+    let mut stream = target.connect();
+    stream
+        .write_all(
+            b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n\
+              GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(
+        read_reply(&mut stream).body_text().trim(),
+        health.body_text().trim()
+    );
+    assert!(
+        read_reply(&mut stream)
+            .body_text()
+            .contains("wschat_websockets_open")
+    );
+
+    // And the same connection upgrades after them.
+    stream
+        .write_all(upgrade_request("/after-keep-alive").as_bytes())
+        .unwrap();
+    assert!(read_head(&mut stream).starts_with("HTTP/1.1 101"));
+}
+
+#[test]
+fn tls_port_serves_tls_while_the_main_port_stays_plain() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (server, target) = start_tls(
+        &pki,
+        Config {
+            tls_port: Some(0),
+            ..tls_config(&pair)
+        },
+    );
+    assert_ne!(target.addr, server.addr, "a second port");
+
+    assert_eq!(server.get("/healthz").status, 200, "plain on --port");
+    assert_eq!(target.get("/healthz").status, 200, "TLS on --tls-port");
+
+    // One room across both listeners.
+    let mut plain = server.client("/both");
+    let mut secure = target.client("/both");
+    wait_for_members(&server, 2);
+    plain.send(Message::text("from plain")).unwrap();
+    assert_eq!(next_text(&mut secure), "from plain");
+    secure.send(Message::text("from tls")).unwrap();
+    assert_eq!(next_text(&mut plain), "from tls");
+
+    // Each port speaks only its own: TLS to the plain port fails its handshake, plain HTTP
+    // to the TLS port is ended.
+    assert!(
+        pki.target(server.addr).try_connect().is_err(),
+        "a TLS handshake on the plain port"
+    );
+    let mut raw = target.tcp();
+    raw.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answer = answer_to(&mut raw);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP answered on the TLS port"
+    );
+}
+
+/// Runs the binary with `args` until it exits (at most the test timeout: a server that
+/// started after all is killed and the test fails).
+fn run_to_exit(args: &[&str]) -> Ran {
+    let mut child = binary_command(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wschat");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > timeout() {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "wschat {args:?} kept running; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = child.wait_with_output().unwrap();
+    Ran {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_missing_unreadable_or_mismatched_pair_is_one_line_and_exit_1() {
+    let pki = TestPki::new();
+    let one = pki.issue("one", KeyKind::EcdsaP256);
+    let two = pki.issue("two", KeyKind::Ed25519);
+    let missing = pki.dir.join("missing.pem");
+    let not_pem = pki.dir.join("not-pem.txt");
+    std::fs::write(&not_pem, "this is not PEM\n").unwrap();
+    // A directory cannot be read as a file even by root (who reads mode 000 files).
+    let directory = pki.dir.clone();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let cases = [
+        (
+            "missing cert",
+            path(&missing),
+            path(&one.key),
+            "missing.pem",
+        ),
+        (
+            "missing key",
+            path(&one.cert),
+            path(&missing),
+            "missing.pem",
+        ),
+        ("unreadable key", path(&one.cert), path(&directory), "key"),
+        (
+            "key not PEM",
+            path(&one.cert),
+            path(&not_pem),
+            "not-pem.txt",
+        ),
+        (
+            "cert not PEM",
+            path(&not_pem),
+            path(&one.key),
+            "not-pem.txt",
+        ),
+        ("mismatched pair", path(&one.cert), path(&two.key), "key"),
+    ];
+    for (what, cert, key, mentions) in cases {
+        let ran = run_to_exit(&[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ]);
+        assert_eq!(ran.code, 1, "{what}: exit code; stderr:\n{}", ran.stderr);
+        let lines: Vec<&str> = ran
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{what}: one line on stderr, got:\n{}",
+            ran.stderr
+        );
+        assert!(
+            lines[0].contains(mentions) && lines[0].contains("TLS"),
+            "{what}: {:?} should name the problem ({mentions})",
+            lines[0]
+        );
+        assert!(ran.stdout.is_empty(), "{what}: stdout {:?}", ran.stdout);
+    }
+}
+
+#[test]
+fn half_a_pair_or_a_tls_port_alone_is_a_usage_error() {
+    for args in [
+        &["--tls-cert", "cert.pem"][..],
+        &["--tls-key", "key.pem"],
+        &["--tls-port", "8443"],
+        &[
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+            "--tls-port",
+            "x",
+        ],
+    ] {
+        let ran = run_to_exit(&[&["--bind", "127.0.0.1", "--port", "0"][..], args].concat());
+        assert_eq!(ran.code, 2, "{args:?}: {}", ran.stderr);
+        assert_eq!(ran.stderr.lines().count(), 1, "{args:?}: {}", ran.stderr);
+        assert!(ran.stderr.contains("--tls-"), "{args:?}: {}", ran.stderr);
+    }
+}
+
+#[test]
+fn sighup_reloads_the_pair_and_open_connections_keep_working() {
+    let pki = TestPki::new();
+    let one = pki.issue("one", KeyKind::EcdsaP256);
+    let two = pki.issue("two", KeyKind::Ed25519);
+    let live_cert = pki.dir.join("live.pem");
+    let live_key = pki.dir.join("live.key");
+    std::fs::copy(&one.cert, &live_cert).unwrap();
+    std::fs::copy(&one.key, &live_key).unwrap();
+    let mut daemon = daemon(&[
+        "--tls-cert",
+        live_cert.to_str().unwrap(),
+        "--tls-key",
+        live_key.to_str().unwrap(),
+    ]);
+    let target = pki.target(daemon.tls_addr());
+    assert_eq!(presented_leaf(&target.connect()), one.leaf);
+    let mut a = target.client("/reload");
+    let mut b = target.client("/reload");
+    wait_members(&target, 2);
+
+    // certbot's renewal: new files in place, then SIGHUP.
+    std::fs::copy(&two.cert, &live_cert).unwrap();
+    std::fs::copy(&two.key, &live_key).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_line("the reload", |l| l.contains("reloaded the TLS certificate"));
+    assert_eq!(
+        presented_leaf(&target.connect()),
+        two.leaf,
+        "a new handshake sees the new certificate"
+    );
+    // Sessions opened on the old pair go on, and meet one opened on the new pair.
+    a.send(Message::text("after reload")).unwrap();
+    assert_eq!(next_text(&mut b), "after reload");
+    let mut c = target.client("/reload");
+    wait_members(&target, 3);
+    c.send(Message::text("new session")).unwrap();
+    assert_eq!(next_text(&mut a), "new session");
+    assert_eq!(next_text(&mut b), "new session");
+
+    // A broken renewal (a truncated certificate, then a key of the other pair): the current
+    // pair stays, one line each.
+    std::fs::write(&live_cert, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_line("the failed reload", |l| {
+        l.contains("keeping the current TLS certificate")
+    });
+    std::fs::copy(&two.cert, &live_cert).unwrap();
+    std::fs::copy(&one.key, &live_key).unwrap();
+    daemon.signal(libc::SIGHUP);
+    eventually("the second failed reload", || {
+        daemon.count_lines("keeping the current TLS certificate") == 2
+    });
+    assert_eq!(presented_leaf(&target.connect()), two.leaf, "the pair kept");
+    a.send(Message::text("still here")).unwrap();
+    assert_eq!(next_text(&mut b), "still here");
+    assert_eq!(next_text(&mut c), "still here");
+    // One line per failed reload, and nothing else about TLS.
+    let tls_lines: Vec<String> = daemon
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("TLS"))
+        .filter(|l| !l.contains("listening on") && !l.contains("reloaded the TLS certificate"))
+        .collect();
+    assert_eq!(tls_lines.len(), 2, "{tls_lines:#?}");
+    assert_eq!(daemon.stop(libc::SIGTERM), Some(0));
+}
+
+/// Bad first flights for a TLS port.
+fn bad_flights(config: std::sync::Arc<rustls::ClientConfig>) -> Vec<(&'static str, Vec<u8>)> {
+    let mut garbage = Vec::new();
+    let mut x: u32 = 0x1234_5678;
+    for _ in 0..4096 {
+        // xorshift: bytes without a pattern, the same every run.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        garbage.push(x as u8);
+    }
+    let hello = client_hello(config);
+    let mut hello_then_garbage = hello.clone();
+    hello_then_garbage.extend_from_slice(&garbage[..512]);
+    vec![
+        (
+            "plain HTTP",
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+        ),
+        ("a WebSocket upgrade", upgrade_request("/").into_bytes()),
+        ("garbage", garbage),
+        ("zeros", vec![0; 1024]),
+        // A handshake record announcing 65535 bytes: over the limit of 16 KiB + 2048.
+        ("an oversized record", {
+            let mut record = vec![0x16, 0x03, 0x01, 0xff, 0xff];
+            record.extend_from_slice(&[0; 64]);
+            record
+        }),
+        // Application data before any handshake.
+        (
+            "data before the handshake",
+            vec![0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5],
+        ),
+        ("a ClientHello, then garbage", hello_then_garbage),
+        // A handshake message announcing 64 KiB, in full records: rustls joins handshake
+        // messages across records, so the server holds them until it can judge.
+        ("a 64 KiB handshake message over five records", {
+            let mut body = vec![0x01, 0x00, 0xff, 0xff];
+            body.resize(4 + 0xffff, 0);
+            let mut flight = Vec::new();
+            for record in body.chunks(16 * 1024) {
+                flight.extend_from_slice(&[0x16, 0x03, 0x01]);
+                flight.extend_from_slice(&(record.len() as u16).to_be_bytes());
+                flight.extend_from_slice(record);
+            }
+            flight
+        }),
+    ]
+}
+
+#[test]
+fn plain_http_and_garbage_on_the_tls_port_end_at_once_without_spinning() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let mut daemon = daemon(&[
+        "--tls-cert",
+        pair.cert.to_str().unwrap(),
+        "--tls-key",
+        pair.key.to_str().unwrap(),
+    ]);
+    let target = pki.target(daemon.tls_addr());
+    let mut a = target.client("/bad");
+    let mut b = target.client("/bad");
+    wait_members(&target, 2);
+
+    let cpu_before = daemon.cpu_time();
+    let wall = Instant::now();
+    // Connections whose answer was read but which the client keeps open: a session left in a
+    // bad state would be a socket the loop keeps being woken for.
+    let mut held = Vec::new();
+    for round in 0..5 {
+        for (what, bytes) in bad_flights(target.config.clone()) {
+            let mut raw = target.tcp();
+            let sent = Instant::now();
+            // The server may end the connection before it has read everything.
+            let _ = raw.write_all(&bytes);
+            let answer = answer_to(&mut raw);
+            assert!(
+                sent.elapsed() < scaled(Duration::from_secs(1)),
+                "{what}: took {:?} to end",
+                sent.elapsed()
+            );
+            // After a whole ClientHello the server's flight comes first; the alert that
+            // follows it is encrypted (TLS 1.3), so only the end of the stream shows.
+            let handshake_first =
+                what.starts_with("a ClientHello") && answer.first() == Some(&0x16);
+            assert!(
+                answer.is_empty() || answer[0] == 0x15 || handshake_first,
+                "{what}: answered with {:02x?}, not an alert",
+                &answer[..answer.len().min(16)]
+            );
+            if round == 0 {
+                held.push(raw);
+            }
+            // Everyone else is still served.
+            a.send(Message::text(format!("{round} {what}"))).unwrap();
+            assert_eq!(next_text(&mut b), format!("{round} {what}"));
+        }
+    }
+    // Quiet for a while with the bad connections held: the server must be idle.
+    let quiet = scaled(Duration::from_millis(500));
+    std::thread::sleep(quiet);
+    let used = daemon.cpu_time() - cpu_before;
+    let elapsed = wall.elapsed();
+    assert!(
+        used < elapsed / 4,
+        "the server used {used:?} of CPU in {elapsed:?} for 40 bad connections"
+    );
+    assert_eq!(target.get("/healthz").status, 200);
+    drop(held);
+    assert_eq!(daemon.stop(libc::SIGTERM), Some(0));
+}
+
+#[test]
+fn garbage_after_the_handshake_and_close_notify_end_the_connection() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(&pki, tls_config(&pair));
+    let mut a = target.client("/after");
+    let mut b = target.client("/after");
+    wait_members(&target, 2);
+
+    // Records that do not decrypt, and one longer than TLS allows, after a good handshake and
+    // in the middle of a WebSocket: the connection ends at once, the others go on.
+    for (what, bytes) in [
+        (
+            "a record that does not decrypt",
+            [&[0x17u8, 0x03, 0x03, 0x00, 0x20][..], &[0x5a; 0x20]].concat(),
+        ),
+        (
+            "an oversized record",
+            [&[0x17u8, 0x03, 0x03, 0x48, 0x01][..], &[0; 64]].concat(),
+        ),
+    ] {
+        let mut c = target.client("/after");
+        wait_members(&target, 3);
+        let socket = &mut c.get_mut().sock;
+        let sent = Instant::now();
+        socket.write_all(&bytes).unwrap();
+        answer_to(socket);
+        assert!(
+            sent.elapsed() < scaled(Duration::from_secs(1)),
+            "{what}: took {:?}",
+            sent.elapsed()
+        );
+        wait_members(&target, 2);
+        a.send(Message::text(what)).unwrap();
+        assert_eq!(next_text(&mut b), what);
+    }
+
+    // A client that ends its TLS session (close_notify) has left: the server ends too.
+    let mut c = target.client("/after");
+    wait_members(&target, 3);
+    c.get_mut().conn.send_close_notify();
+    c.get_mut().flush().unwrap();
+    wait_members(&target, 2);
+    a.send(Message::text("after close_notify")).unwrap();
+    assert_eq!(next_text(&mut b), "after close_notify");
+}
+
+#[test]
+fn tls13_key_updates_mid_websocket_keep_the_relay_going() {
+    // A client's KeyUpdate asks the server to update its keys too (rustls's client always
+    // requests it): the server's next records must follow its own KeyUpdate, in order.
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(&pki, tls_config(&pair));
+    let mut a = target.client("/keys");
+    let mut b = target.client("/keys");
+    wait_members(&target, 2);
+    for round in 0..3 {
+        a.get_mut().conn.refresh_traffic_keys().unwrap();
+        a.send(Message::text(format!("a after key update {round}")))
+            .unwrap();
+        assert_eq!(next_text(&mut b), format!("a after key update {round}"));
+        b.get_mut().conn.refresh_traffic_keys().unwrap();
+        b.send(Message::text(format!("b after key update {round}")))
+            .unwrap();
+        assert_eq!(next_text(&mut a), format!("b after key update {round}"));
+        // And a large message, many records under the new keys.
+        let big = pattern(48 * 1024, round);
+        a.send(Message::binary(big.clone())).unwrap();
+        assert_eq!(binary_payload(next_message(&mut b)), big);
+    }
+}
+
+#[test]
+fn shutdown_says_going_away_over_tls_and_ends_the_sessions_cleanly() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (server, target) = start_tls(&pki, tls_config(&pair));
+    let mut a = target.client("/bye");
+    let mut b = target.client("/bye");
+    wait_members(&target, 2);
+    server.begin_shutdown();
+    assert_eq!(expect_close(&mut a), CloseCode::Away);
+    assert_eq!(expect_close(&mut b), CloseCode::Away);
+    // The closing handshake completes and the server ends each session with close_notify:
+    // the stream ends without an error.
+    for client in [&mut a, &mut b] {
+        let _ = client.flush();
+        let mut rest = Vec::new();
+        client
+            .get_mut()
+            .read_to_end(&mut rest)
+            .expect("close_notify, then the end");
+    }
+    let stopping = Instant::now();
+    drop((a, b));
+    server.stop().unwrap();
+    assert!(
+        stopping.elapsed() < scaled(Duration::from_secs(1)),
+        "the drain waited {:?} for clients that had gone",
+        stopping.elapsed()
+    );
+}
+
+#[test]
+fn an_unfinished_handshake_is_closed_after_the_handshake_timeout() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let handshake_timeout = scaled(Duration::from_millis(600));
+    let (_server, target) = start_tls(
+        &pki,
+        Config {
+            handshake_timeout,
+            ..tls_config(&pair)
+        },
+    );
+    let hello = client_hello(target.config.clone());
+    let mut half = target.tcp();
+    half.write_all(&hello[..hello.len() / 2]).unwrap();
+    let mut silent = target.tcp();
+    // A complete handshake whose client then sends no request is bounded by the same timer.
+    let mut idle = target.connect();
+    let opened = Instant::now();
+    let mut rest = [0u8; 64];
+    answer_to(&mut half);
+    let took = opened.elapsed();
+    assert!(
+        took >= handshake_timeout.mul_f64(0.8)
+            && took < handshake_timeout + scaled(Duration::from_secs(2)),
+        "half a ClientHello held for {took:?} (timeout {handshake_timeout:?})"
+    );
+    answer_to(&mut silent);
+    assert!(
+        matches!(idle.read(&mut rest), Ok(0) | Err(_)),
+        "the idle TLS connection was ended"
+    );
+    eventually("three handshake timeouts counted", || {
+        target.metric("wschat_connections_closed_total{reason=\"handshake_timeout\"}") >= 3.0
+    });
+}
+
+#[test]
+fn a_slow_tls_reader_is_closed_1008_and_others_keep_receiving() {
+    const BUDGET: usize = 64 * 1024;
+    const MESSAGE: usize = 8 * 1024;
+    const COUNT: u32 = 1500;
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(
+        &pki,
+        Config {
+            max_outbound: BUDGET,
+            max_outbound_total: 64 * BUDGET,
+            max_message_size: 16 * 1024,
+            slow_client: SlowClientPolicy::Close,
+            ..tls_config(&pair)
+        },
+    );
+    let mut sender = target.client("/slow");
+    let mut slow = target.client("/slow");
+    let fast = target.client("/slow");
+    wait_members(&target, 3);
+    let reader = std::thread::spawn(move || {
+        let mut fast = fast;
+        for seq in 0..COUNT {
+            let payload = binary_payload(next_message(&mut fast));
+            assert_eq!(payload.len(), MESSAGE);
+            assert_eq!(
+                &payload[..4],
+                &seq.to_be_bytes(),
+                "the fast reader lost a message"
+            );
+        }
+    });
+    for seq in 0..COUNT {
+        let mut payload = vec![0x5a; MESSAGE];
+        payload[..4].copy_from_slice(&seq.to_be_bytes());
+        sender.send(Message::binary(payload)).unwrap();
+        if seq % 100 == 99 {
+            let largest = target.metric("wschat_outbound_queued_largest_bytes") as usize;
+            assert!(largest <= BUDGET + 256, "a queue holds {largest} bytes");
+        }
+    }
+    reader.join().expect("the fast reader got everything");
+    assert_eq!(expect_close(&mut slow), CloseCode::Policy);
+    eventually("the slow consumer counted", || {
+        target.metric("wschat_connections_closed_total{reason=\"slow_consumer\"}") == 1.0
+    });
+}
