@@ -63,6 +63,15 @@ pub(crate) fn heap_in_use() -> Option<usize> {
     }
 }
 
+/// The process's resident set, from `/proc/self/statm` (one small read).
+pub(crate) fn resident_bytes() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(usize::try_from(page_size).ok()?))
+}
+
 /// Of the host's memory, the share the default ceiling takes: the rest is for the kernel's
 /// socket buffers, the binary, and whatever else the host runs.
 const DEFAULT_SHARE_NUMERATOR: u64 = 1;

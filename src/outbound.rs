@@ -335,6 +335,38 @@ impl Outbound {
         dropped
     }
 
+    /// Discards every frame not yet started, control frames too: the connection is being
+    /// closed (slow consumer, memory pressure) and owes its peer nothing but the Close that
+    /// follows (a ping flood's queued pongs go with the rest). HTTP bytes and a frame already
+    /// half written stay.
+    pub fn drop_unstarted_frames(&mut self, total: &mut QueuedTotal) {
+        let mut freed = 0;
+        let segments = std::mem::take(&mut self.segments);
+        let mut kept = VecDeque::with_capacity(segments.len());
+        for (index, segment) in segments.into_iter().enumerate() {
+            let written = if index == 0 { self.head } else { 0 };
+            match segment {
+                Segment::Opaque(bytes) => kept.push_back(Segment::Opaque(bytes)),
+                Segment::Shared(bytes) if written == 0 => freed += bytes.len(),
+                Segment::Shared(bytes) => kept.push_back(Segment::Shared(bytes)),
+                Segment::Copied(mut buffer) => {
+                    // Keep the frame in progress whole, drop what follows it.
+                    let mut end = 0;
+                    while end < written {
+                        end = (end + frame_len(&buffer[end..])).min(buffer.len());
+                    }
+                    freed += buffer.len() - end;
+                    buffer.truncate(end);
+                    if !buffer.is_empty() {
+                        kept.push_back(Segment::Copied(buffer));
+                    }
+                }
+            }
+        }
+        self.segments = kept;
+        self.shrink(total, freed);
+    }
+
     /// Writes as much as the socket takes, one `writev` of up to 64 slices at a time. Called
     /// once per dirty connection per loop pass (and again when the socket becomes writable).
     /// Whatever happens, the bytes that went out are reported and leave the queue and the
@@ -656,6 +688,26 @@ mod tests {
         assert_eq!(total.bytes(), queue.len());
         queue.clear(&mut total);
         assert_eq!(total.bytes(), 0);
+    }
+
+    #[test]
+    fn closing_drops_unstarted_control_frames_too_but_not_the_frame_in_progress() {
+        let (mut queue, mut total) = (Outbound::default(), QueuedTotal::default());
+        queue.push_copy(&mut total, &server_frame(0xA, b"pong-1"));
+        queue.push_copy(&mut total, &server_frame(0xA, b"pong-2"));
+        queue.push_shared(&mut total, Bytes::from(server_frame(0x2, &[1; 50])));
+        let mut socket = Narrow {
+            taken: Vec::new(),
+            room: 3,
+        };
+        queue.flush_once(&mut total, &mut socket); // pong-1 is half written
+        queue.drop_unstarted_frames(&mut total);
+        assert_eq!(total.bytes(), queue.len());
+        socket.room = usize::MAX;
+        while !queue.is_empty() {
+            queue.flush_once(&mut total, &mut socket);
+        }
+        assert_eq!(socket.taken, server_frame(0xA, b"pong-1"));
     }
 
     #[test]

@@ -512,8 +512,12 @@ impl Connection {
         let Phase::WebSocket(ws) = &mut self.phase else {
             return;
         };
-        if reason == CloseReason::SlowConsumer {
-            self.outbound.drop_unstarted_messages(queued_total, 0);
+        if matches!(
+            reason,
+            CloseReason::SlowConsumer | CloseReason::MemoryPressure
+        ) {
+            // Owed nothing but the Close: its queue (pongs included) goes now.
+            self.outbound.drop_unstarted_frames(queued_total);
         }
         let mut stream = LoopStream {
             transport: &mut self.transport,

@@ -17,9 +17,9 @@ use crate::stats::MetricsPage;
 /// Partial input below this is not worth pausing a connection for (a request head being read,
 /// a message split across two reads).
 const PAUSE_THRESHOLD: usize = 1024;
-/// Without the counting allocator (a library user), the accounted sum is recomputed at most
-/// this often: it walks every connection.
-const ACCOUNT_EVERY: Duration = Duration::from_millis(100);
+/// The resident set (and, without the counting allocator, the accounted sum, which walks every
+/// connection) is sampled at most this often.
+const ACCOUNT_EVERY: Duration = Duration::from_millis(50);
 /// Under pressure, connections are looked over at most this often (a walk over all of them).
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 /// Freed memory is given back at most this often, and only after this much was freed.
@@ -38,6 +38,8 @@ pub(crate) struct MemoryState {
     given_back: (Instant, usize),
     /// When the connections were last looked over for pausing and stalls.
     scanned_at: Instant,
+    /// RSS when the server started: the binary, libraries and fixed buffers.
+    resident_at_start: usize,
     pub closed: u64,
     pub history_trimmed: u64,
 }
@@ -51,6 +53,7 @@ impl MemoryState {
             accounted: (now, 0),
             given_back: (now, 0),
             scanned_at: now,
+            resident_at_start: memory::resident_bytes().unwrap_or(0),
             closed: 0,
             history_trimmed: 0,
         }
@@ -58,16 +61,24 @@ impl MemoryState {
 }
 
 impl Server {
-    /// Bytes in use: the counted heap, or (without the counting allocator) the accounted sum.
+    /// Bytes in use: the counted heap (or, without the counting allocator, the accounted sum),
+    /// or the growth of the resident set since start if that is larger: what the allocator
+    /// keeps for itself (fragmentation, freed pages not yet returned) counts too, since the
+    /// host sees RSS.
     fn memory_used(&mut self) -> usize {
-        if let Some(heap) = memory::heap_in_use() {
-            return heap;
-        }
         let (taken_at, _) = self.memory.accounted;
         if self.now.saturating_duration_since(taken_at) >= ACCOUNT_EVERY {
-            self.memory.accounted = (self.now, self.accounted().total());
+            let counted = match memory::heap_in_use() {
+                Some(_) => 0,
+                None => self.accounted().total(),
+            };
+            let resident = memory::resident_bytes()
+                .unwrap_or(0)
+                .saturating_sub(self.memory.resident_at_start);
+            self.memory.accounted = (self.now, counted.max(resident));
         }
-        self.memory.accounted.1
+        let sampled = self.memory.accounted.1;
+        memory::heap_in_use().unwrap_or(0).max(sampled)
     }
 
     /// The bytes the loop knows of, by kind. Walks every connection: for `/metrics`, and at
@@ -197,9 +208,10 @@ impl Server {
             self.memory.given_back = (at, heap);
             return;
         }
-        if heap_then - heap >= GIVE_BACK_AFTER
-            && self.now.saturating_duration_since(at) >= GIVE_BACK_EVERY
-        {
+        // After a large free, or under pressure (freed pages the allocator kept count in RSS).
+        let freed_a_lot = heap_then - heap >= GIVE_BACK_AFTER;
+        let pressed = self.memory.pressure >= Pressure::Refusing;
+        if (freed_a_lot || pressed) && self.now.saturating_duration_since(at) >= GIVE_BACK_EVERY {
             memory::give_back();
             self.memory.given_back = (self.now, heap);
         }
