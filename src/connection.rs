@@ -322,6 +322,10 @@ pub struct Connection {
     pub close_reason: Option<CloseReason>,
     /// It became a WebSocket at some point: its end is logged at info.
     pub upgraded: bool,
+    /// It speaks `wschat.v1` (docs/protocol.md). Kept here, beside the other flags fan-out
+    /// reads per delivery, not behind the WebSocket state's pointer; it fits their padding,
+    /// so a raw member costs nothing more. Its name lives in its room.
+    pub v1: bool,
 }
 
 impl Connection {
@@ -346,6 +350,7 @@ impl Connection {
             reads: ReadFlags::default(),
             close_reason: None,
             upgraded: false,
+            v1: false,
         }
     }
 

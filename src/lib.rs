@@ -13,6 +13,8 @@ mod connection;
 pub mod http;
 mod message;
 mod outbound;
+/// Public for its documentation and the integration tests' decoding of frames.
+pub mod protocol_v1;
 mod rate;
 pub mod redis;
 mod room;

@@ -150,6 +150,11 @@ pub struct Server {
     over_total_budget: bool,
     /// The last /proc reading and when it was taken.
     process_info: Option<(Instant, ProcessInfo)>,
+    /// Rooms that owe their `wschat.v1` members a presence frame at `deadlines.presence`.
+    presence_rooms: Vec<crate::room::RoomKey>,
+    /// Wall-clock milliseconds at `started`: message times are derived from the loop's
+    /// monotonic clock, with no system call per message.
+    wall_at_start_ms: u64,
 }
 
 impl Server {
@@ -253,6 +258,10 @@ impl Server {
             redis_incoming: Vec::new(),
             over_total_budget: false,
             process_info: None,
+            presence_rooms: Vec::new(),
+            wall_at_start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             notifier,
             config,
         })
@@ -365,6 +374,13 @@ impl Server {
         .flatten()
         .min();
         timers::poll_timeout(nearest, Instant::now())
+    }
+}
+
+impl Server {
+    /// The loop's time as milliseconds since the Unix epoch: when a message was received.
+    fn wall_ms(&self) -> u64 {
+        self.wall_at_start_ms + self.now.duration_since(self.started).as_millis() as u64
     }
 }
 
