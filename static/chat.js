@@ -72,7 +72,7 @@
     var stick = kind.indexOf('own') === 0 || nearBottom();
     var li = document.createElement('li');
     li.className = 'm ' + kind;
-    if (kind !== 'sys') {
+    if (kind.split(' ')[0] !== 'sys') {
       var meta = document.createElement('span');
       meta.className = 'who';
       meta.textContent = kind.indexOf('own') === 0 ? 'You · ' : (who || 'someone') + ' · ';
