@@ -594,6 +594,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_query_and_the_subprotocol_offer_are_kept() {
+        let request = complete(
+            "GET /room?since=1:2&name=a#frag HTTP/1.1\r\nHost: x\r\n\
+             Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: wschat.v1\r\n\r\n",
+        );
+        assert_eq!(request.path, "/room");
+        assert_eq!(request.query.as_deref(), Some("since=1:2&name=a"));
+        assert_eq!(request.protocols.as_deref(), Some("chat,wschat.v1"));
+        let plain = complete("GET /room HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!((plain.query, plain.protocols), (None, None));
+    }
+
+    #[test]
+    fn the_101_names_the_selected_subprotocol_only_when_there_is_one() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let v1 = String::from_utf8(switching_protocols(key, Some("wschat.v1"))).unwrap();
+        assert!(v1.contains("Sec-WebSocket-Protocol: wschat.v1\r\n"));
+        let raw = String::from_utf8(switching_protocols(key, None)).unwrap();
+        assert!(!raw.contains("Sec-WebSocket-Protocol"));
+    }
+
     fn no_assets(_: &str) -> bool {
         false
     }
