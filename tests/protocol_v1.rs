@@ -353,3 +353,44 @@ fn presence_counts_members_and_coalesces_joins() {
     }
     assert!(saw_bob_leave);
 }
+
+#[test]
+fn with_redis_sequences_and_presence_are_per_node() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let node = || {
+        let server = start(Config {
+            redis: Some(wschat::redis::RedisUrl::parse(&redis.url()).unwrap()),
+            ..config()
+        });
+        eventually("redis link up", || server.metric("wschat_redis_up") == 1.0);
+        server
+    };
+    let (a, b) = (node(), node());
+    let mut ana = v1(&a, "/c?name=Ana");
+    let mut bob = v1(&b, "/c?name=Bob");
+    assert_eq!(
+        num(&next_of(&mut ana, "hello"), "count"),
+        1,
+        "this node's members"
+    );
+    let bob_epoch = field(&next_of(&mut bob, "hello"), "epoch").to_string();
+    eventually("both nodes subscribed", || {
+        let out = redis.cli(&["PUBSUB", "NUMSUB", "wschat:room:/c"]);
+        out.lines().nth(1).unwrap_or("").trim() == "2"
+    });
+    ana.send(Message::text("across")).unwrap();
+    assert_eq!(num(&next_of(&mut ana, "ack"), "seq"), 1);
+    let msg = next_of(&mut bob, "msg");
+    assert_eq!(num(&msg, "seq"), 1, "node B numbers it in its own epoch");
+    assert_eq!(field(&msg, "from"), "null", "the sender is on another node");
+    assert_eq!(field(&msg, "text"), "\"across\"");
+    // Bob's page reconnects through a load balancer to node A: another epoch.
+    let mut moved = v1(&a, &format!("/c?since={}:1", bob_epoch.trim_matches('"')));
+    next_of(&mut moved, "hello");
+    assert_eq!(
+        drain(&mut moved, Duration::from_millis(300)),
+        vec![r#"{"t":"missed","count":null}"#.to_string()]
+    );
+}
