@@ -10,6 +10,9 @@
   var PROTOCOL = 'wschat.v1';
   var NAME_KEY = 'wschat.name', TAB_KEY = 'wschat.key';
   var MAX_NAME = 32;           // characters, as the server checks
+  var NAME_TRIES = 3;          // "name", "name (2)", "name (3)", then a generated name
+  // What the server refuses in a name (docs/protocol.md): control and invisible characters.
+  var BAD_NAME = /[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]/;
   var ACK_MS = 15000;          // an own message not acked by then was not relayed
 
   function $(id) { return document.getElementById(id); }
@@ -38,6 +41,7 @@
   }
   // The chosen name ('' = none chosen, null = never asked).
   var wanted = stored(localStorage, NAME_KEY);
+  if (wanted && wanted.trim() !== wanted) wanted = wanted.trim();
   var nameTry = 0;             // 0: the name itself; n: "name (n+1)" after a refused attempt
   var myName = '';             // what the server calls us (from hello)
 
@@ -115,7 +119,7 @@
 
   // The name to ask for on this attempt: the chosen one, or "name (n)" after refusals.
   function nameToAsk() {
-    if (!wanted) return '';
+    if (!wanted || nameTry >= NAME_TRIES) return '';   // give up: the server makes one up
     if (!nameTry) return wanted;
     var suffix = ' (' + (nameTry + 1) + ')';
     return Array.from(wanted).slice(0, MAX_NAME - suffix.length).join('') + suffix;
@@ -159,8 +163,9 @@
       } else if (asked && reachable) {
         // The server answered config.json but refused the socket: most likely the name is
         // in use in this room (409; a browser does not show the status). Try "name (2)", ...
-        nameTry = (nameTry + 1) % 10;
-        if (nameTry) say('The name "' + wanted + '" may be in use here; trying "' + nameToAsk() + '".');
+        nameTry++;
+        say(nameTry < NAME_TRIES ? 'The name "' + wanted + '" may be in use here; trying "' + nameToAsk() + '".'
+          : 'Could not join as "' + wanted + '"; joining under a name the server picks.');
       }
       retry();
     };
@@ -332,16 +337,25 @@
   // Names: asked once (the bar shows until a name is saved or skipped), changeable from the
   // header. A change reconnects with `since`, so nothing is lost or shown twice.
   function openNameBar() { nameBar.hidden = false; nameBox.value = wanted || ''; nameBox.focus(); }
+  function nameProblem(n) {
+    if (Array.from(n).length > MAX_NAME || enc.encode(n).length > 96) return 'at most ' + MAX_NAME + ' characters';
+    if (BAD_NAME.test(n)) return 'no control or invisible characters';
+    if (/^guest-/i.test(n)) return 'names starting with guest- are given by the server';
+    return '';
+  }
   function setName(n) {
     n = (n || '').trim();
+    var problem = n && nameProblem(n);
+    if (problem) { say('Not saved: ' + problem + '.'); nameBox.focus(); return false; }
     nameBar.hidden = true;
     var changed = n !== (wanted || '');
     wanted = n; store(localStorage, NAME_KEY, n); nameTry = 0;
     showName();
     if (changed && ws) ws.close(1000, 'name change');   // onclose reconnects
+    return true;
   }
   nameBtn.addEventListener('click', openNameBar);
-  $('nameform').addEventListener('submit', function (e) { e.preventDefault(); setName(nameBox.value); box.focus(); });
+  $('nameform').addEventListener('submit', function (e) { e.preventDefault(); if (setName(nameBox.value)) box.focus(); });
   $('nameskip').addEventListener('click', function () { if (wanted === null) setName(''); else nameBar.hidden = true; box.focus(); });
   nameBox.maxLength = MAX_NAME;
 
@@ -353,6 +367,7 @@
   window.addEventListener('online', function () { if (!ws) { attempt = 0; connect(); } });
   window.addEventListener('offline', function () { if (!ws) retry(); });
 
+  if (wanted && nameProblem(wanted)) wanted = null;   // edited by hand, or an older rule
   showName();
   if (wanted === null) nameBar.hidden = false;
   if (fromFile) add('Opened from a file: using ' + url, 'sys');

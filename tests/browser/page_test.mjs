@@ -86,7 +86,10 @@ async function namesAndCount() {
   await waitFor('2 here after two left', async () => await countText(ana) === '2 here' && await countText(bea) === '2 here');
   check(await ana.locator('#log li.m.sys', { hasText: 'Cy' }).filter({ hasText: 'left' }).count() >= 1, 'leave shown in the log');
   // Changing the name reconnects without losing or repeating anything.
-  await bea.click('#name'); await bea.fill('#namebox', 'Beatrix'); await bea.press('#namebox', 'Enter');
+  await bea.click('#name'); await bea.fill('#namebox', 'guest-1'); await bea.press('#namebox', 'Enter');
+  check((await bea.locator('#notice').textContent()).startsWith('Not saved') && await bea.locator('#namebar').isVisible(),
+    'a name the server would refuse is not saved');
+  await bea.fill('#namebox', 'Beatrix'); await bea.press('#namebox', 'Enter');
   await waitFor('renamed', async () => await bea.locator('#name').textContent() === 'Beatrix');
   await connected(bea);
   const after = 'after rename ' + Date.now();
