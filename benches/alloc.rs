@@ -15,13 +15,20 @@
 //! buffers to their steady size; then K messages go out in batches, each batch read by every
 //! subscriber before the next is sent. The bench exits non-zero if the server's allocations per
 //! message at the largest N exceed twice those at the smallest N plus a small constant.
+//!
+//! It also reports the heap an idle WebSocket connection holds: the server thread's live heap
+//! bytes (allocated less freed, as requested from the allocator, without its own overhead) with
+//! 1000 idle members open, less the figure before, per member. Counted, not sampled from RSS,
+//! so it works the same under qemu-user for the ARM targets (docs/targets.md):
+//!
+//!   cargo bench --bench alloc -- --idle                    # only the idle-connection figure
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use wschat::{Config, Server};
@@ -34,12 +41,16 @@ struct Counts {
     allocs: [AtomicU64; 2],
     reallocs: [AtomicU64; 2],
     bytes: [AtomicU64; 2],
+    /// Bytes allocated less bytes freed on that side. The server thread frees what it
+    /// allocated, so its figure is the heap it holds.
+    live: [AtomicI64; 2],
 }
 
 static COUNTS: Counts = Counts {
     allocs: [AtomicU64::new(0), AtomicU64::new(0)],
     reallocs: [AtomicU64::new(0), AtomicU64::new(0)],
     bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+    live: [AtomicI64::new(0), AtomicI64::new(0)],
 };
 
 thread_local! {
@@ -64,6 +75,7 @@ unsafe impl GlobalAlloc for Counting {
         let s = side();
         COUNTS.allocs[s].fetch_add(1, Relaxed);
         COUNTS.bytes[s].fetch_add(layout.size() as u64, Relaxed);
+        COUNTS.live[s].fetch_add(layout.size() as i64, Relaxed);
         // SAFETY: same contract as ours.
         unsafe { System.alloc(layout) }
     }
@@ -72,11 +84,13 @@ unsafe impl GlobalAlloc for Counting {
         let s = side();
         COUNTS.allocs[s].fetch_add(1, Relaxed);
         COUNTS.bytes[s].fetch_add(layout.size() as u64, Relaxed);
+        COUNTS.live[s].fetch_add(layout.size() as i64, Relaxed);
         // SAFETY: same contract as ours.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        COUNTS.live[side()].fetch_sub(layout.size() as i64, Relaxed);
         // SAFETY: same contract as ours.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -85,6 +99,7 @@ unsafe impl GlobalAlloc for Counting {
         let s = side();
         COUNTS.reallocs[s].fetch_add(1, Relaxed);
         COUNTS.bytes[s].fetch_add(new_size.saturating_sub(layout.size()) as u64, Relaxed);
+        COUNTS.live[s].fetch_add(new_size as i64 - layout.size() as i64, Relaxed);
         // SAFETY: same contract as ours.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -309,6 +324,86 @@ fn measure(addr: SocketAddr, members: usize, case: &Case, repeats: usize) -> Row
     }
 }
 
+/// Idle connections opened for the per-connection heap figure.
+const IDLE_CONNECTIONS: usize = 1000;
+
+/// The server's live heap per idle WebSocket connection, in bytes: `IDLE_CONNECTIONS` members
+/// in one room, then as many in a room each, each on a fresh server so that the growth of its
+/// tables (the connection slab, the timer heap, the room table) is counted as the
+/// connections' own. Returns (one room, a room each).
+fn idle_heap() -> Result<(f64, f64), String> {
+    let measure = |room_of: &dyn Fn(usize) -> String| -> Result<f64, String> {
+        let (addr, handle, thread) = start_server();
+        // The first connection brings one-time state (the first accept, the first room):
+        // open and close one before measuring.
+        drop(connect(addr, "/idle-warm-up"));
+        settle();
+        let before = COUNTS.live[0].load(Relaxed);
+        let mut members: Vec<TcpStream> = (0..IDLE_CONNECTIONS)
+            .map(|i| connect(addr, &room_of(i)))
+            .collect();
+        // Connections are handled in order: once the last one's pong is back, the server has
+        // finished with every upgrade before it.
+        if let Some(last) = members.last_mut() {
+            sync(last);
+        }
+        let held = COUNTS.live[0].load(Relaxed) - before;
+        drop(members);
+        handle.shutdown();
+        match thread.join() {
+            Ok(Ok(())) => Ok(held as f64 / IDLE_CONNECTIONS as f64),
+            Ok(Err(e)) => Err(format!("server failed: {e}")),
+            Err(_) => Err("server thread panicked".into()),
+        }
+    };
+    let one_room = measure(&|_| "/idle".to_string())?;
+    let own_rooms = measure(&|i| format!("/idle-{i}"))?;
+    Ok((one_room, own_rooms))
+}
+
+type Running = (
+    SocketAddr,
+    wschat::ServerHandle,
+    std::thread::JoinHandle<Result<(), wschat::ServerError>>,
+);
+
+/// The real server on 127.0.0.1:0 in a thread whose allocations count as the server's.
+fn start_server() -> Running {
+    let config = Config {
+        bind: "127.0.0.1".parse().expect("address"),
+        port: 0,
+        systemd: false,
+        stats_interval: None,
+        ..Config::default()
+    };
+    let server = Server::bind(config).expect("server binds");
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let thread = std::thread::spawn(move || {
+        IS_SERVER.with(|s| s.set(true));
+        server.run()
+    });
+    (addr, handle, thread)
+}
+
+/// Waits until the server's live heap has not changed for 300 ms (at most 30 s): closed
+/// connections from an earlier measurement must be gone before the next one starts.
+fn settle() {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = COUNTS.live[0].load(Relaxed);
+    let mut quiet_since = std::time::Instant::now();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = COUNTS.live[0].load(Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = std::time::Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_millis(300) {
+            return;
+        }
+    }
+}
+
 /// Allocations per message may grow at most this much from the smallest room to the largest:
 /// `per_msg(max N) <= FACTOR * per_msg(min N) + SLACK`.
 const FACTOR: f64 = 2.0;
@@ -367,25 +462,13 @@ fn run_case(addr: SocketAddr, case: &Case, sizes: &[usize]) -> bool {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = args.iter().any(|a| a == "--smoke");
+    let idle_only = args.iter().any(|a| a == "--idle");
     let sizes: &[usize] = if smoke {
         &[0, 10, 100]
     } else {
         &[0, 10, 100, 1000]
     };
-    let config = Config {
-        bind: "127.0.0.1".parse().expect("address"),
-        port: 0,
-        systemd: false,
-        stats_interval: None,
-        ..Config::default()
-    };
-    let server = Server::bind(config).expect("server binds");
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let thread = std::thread::spawn(move || {
-        IS_SERVER.with(|s| s.set(true));
-        server.run()
-    });
+    let (addr, handle, thread) = start_server();
     println!("heap check: allocations on the server thread per relayed message");
     println!("(allocs = alloc + realloc calls; a delivery is one message to one member)");
     let small = Case {
@@ -422,9 +505,12 @@ fn main() -> ExitCode {
         ..small
     };
     let mut ok = true;
-    for case in [&small, &single, &burst, &large] {
-        ok &= run_case(addr, case, sizes);
+    if !idle_only {
+        for case in [&small, &single, &burst, &large] {
+            ok &= run_case(addr, case, sizes);
+        }
     }
+
     handle.shutdown();
     match thread.join() {
         Ok(Ok(())) => {}
@@ -433,6 +519,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         Err(_) => return ExitCode::FAILURE,
+    }
+    match idle_heap() {
+        Ok((one_room, own_rooms)) => println!(
+            "\nheap per idle connection ({IDLE_CONNECTIONS} open, {}-bit target): \
+             {one_room:.0} bytes in one room, {own_rooms:.0} bytes in a room each",
+            usize::BITS
+        ),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
     }
     if ok {
         ExitCode::SUCCESS

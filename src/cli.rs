@@ -17,8 +17,15 @@ Usage: wschat [OPTIONS]
 Options:
   --bind ADDR                 address to listen on [default: 0.0.0.0]
   --port N                    port to listen on; 0 picks one [default: 6969, or $PORT]
+  --reuse-port                let several wschat processes listen on one port (SO_REUSEPORT):
+                              the kernel spreads connections across them; --redis shares
+                              their rooms
   --echo                      also send each message back to its sender
   --static-dir DIR            serve the page from DIR (loaded at start and on SIGHUP)
+  --tls-cert FILE             PEM certificate chain: with --tls-key, the port speaks TLS
+                              (https:// and wss://); both are read again on SIGHUP
+  --tls-key FILE              PEM private key (ECDSA, Ed25519 or RSA)
+  --tls-port N                serve TLS on this second port; --port stays plain
                               instead of the built-in one
   --log-level LEVEL           error, warn, info, debug, trace or off [default: info]
   --max-message-size BYTES    largest message (and frame) a client may send; larger ones
@@ -127,6 +134,7 @@ pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageErro
             "--echo" => config.echo = true,
             "--no-systemd" => config.systemd = false,
             "--redis-sharded" => config.redis_sharded = true,
+            "--reuse-port" => config.reuse_port = true,
             "--redis" => {
                 let v = value()?;
                 config.redis = Some(
@@ -147,6 +155,19 @@ pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageErro
                 })?;
             }
             "--static-dir" => config.page = PageSource::Dir(PathBuf::from(value()?)),
+            "--tls-cert" | "--tls-key" | "--tls-port" if !cfg!(feature = "tls") => {
+                return Err(UsageError(format!(
+                    "{flag}: this build of wschat has no TLS (it was built without the \"tls\" feature)"
+                )));
+            }
+            "--tls-cert" => config.tls_cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => config.tls_key = Some(PathBuf::from(value()?)),
+            "--tls-port" => {
+                let v = value()?;
+                config.tls_port = Some(v.parse().map_err(|_| {
+                    UsageError(format!("--tls-port {v:?} is not a port number (0-65535)"))
+                })?);
+            }
             "--log-level" => {
                 let v = value()?;
                 level = v.parse().map_err(|_| {
@@ -247,8 +268,16 @@ pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageErro
     Ok(Command::Run(Box::new(config), level))
 }
 
-/// A byte count with an optional K/M/G suffix.
+/// A byte count with an optional K/M/G suffix, as a `usize`. A count this build cannot
+/// address (4 GiB and more on a 32-bit target, e.g. `--max-outbound-total 8G` on armv7) is
+/// refused in one line, never wrapped.
 pub fn bytes(flag: &str, text: &str) -> Result<usize, UsageError> {
+    let count = byte_count(flag, text)?;
+    usize::try_from(count).map_err(|_| too_large(flag, text))
+}
+
+/// A byte count with an optional K/M/G suffix, in 64 bits on every target.
+fn byte_count(flag: &str, text: &str) -> Result<u64, UsageError> {
     let bad = || {
         UsageError(format!(
             "{flag} {text:?}: use a byte count such as 65536, 64K or 16M"
@@ -256,19 +285,30 @@ pub fn bytes(flag: &str, text: &str) -> Result<usize, UsageError> {
     };
     let text = text.trim();
     let (digits, multiplier) = match text.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&text[..text.len() - 1], 1usize << 10),
+        Some('K') => (&text[..text.len() - 1], 1u64 << 10),
         Some('M') => (&text[..text.len() - 1], 1 << 20),
         Some('G') => (&text[..text.len() - 1], 1 << 30),
         _ => (text, 1),
     };
-    let n: usize = digits.parse().map_err(|_| bad())?;
+    let n: u64 = digits.parse().map_err(|_| bad())?;
     n.checked_mul(multiplier).ok_or_else(bad)
 }
 
+/// A count past this build's `usize`, said as such rather than as a malformed number.
+fn too_large(flag: &str, text: &str) -> UsageError {
+    UsageError(format!(
+        "{flag} {text:?}: more than this {}-bit build can hold (at most {})",
+        usize::BITS,
+        usize::MAX
+    ))
+}
+
 fn number(flag: &str, text: &str) -> Result<usize, UsageError> {
-    text.trim()
+    let n: u64 = text
+        .trim()
         .parse()
-        .map_err(|_| UsageError(format!("{flag} {text:?} is not a whole number")))
+        .map_err(|_| UsageError(format!("{flag} {text:?} is not a whole number")))?;
+    usize::try_from(n).map_err(|_| too_large(flag, text))
 }
 
 /// Seconds, fractions allowed (`0.5`).
@@ -409,5 +449,39 @@ mod tests {
         assert_eq!(bytes("x", "1m"), Ok(1 << 20));
         assert_eq!(bytes("x", "7"), Ok(7));
         assert!(bytes("x", "K").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_in_64_bits_on_every_target() {
+        assert_eq!(byte_count("x", "8G"), Ok(8 << 30));
+        assert_eq!(byte_count("x", "4294967296"), Ok(1 << 32));
+        // 2^34 G is 2^64 bytes: past u64 too, refused rather than wrapped to 0.
+        assert!(byte_count("x", "17179869184G").is_err());
+    }
+
+    #[test]
+    fn sizes_past_the_address_space_are_refused_not_wrapped() {
+        // On a 64-bit target 8G is honoured; on a 32-bit one (armv7) it does not fit a usize
+        // and must be refused in one line that says why, not wrapped to a small budget.
+        let parsed = run(&["--max-outbound-total", "8G"]);
+        let history = run(&["--history", "4294967296"]);
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(parsed.unwrap().max_outbound_total as u64, 8 << 30);
+            assert_eq!(history.unwrap().history as u64, 1 << 32);
+        } else {
+            for error in [parsed.unwrap_err(), history.unwrap_err()] {
+                assert!(error.0.contains("-bit build can hold"), "{error}");
+                assert!(!error.0.contains('\n'), "{error}");
+            }
+        }
+        // What a 32-bit build can hold is honoured there too.
+        let config = run(&["--max-outbound-total", "3G"]).unwrap();
+        assert_eq!(config.max_outbound_total as u64, 3 << 30);
+    }
+
+    #[test]
+    fn reuse_port_is_off_unless_asked() {
+        assert!(!run(&[]).unwrap().reuse_port);
+        assert!(run(&["--reuse-port"]).unwrap().reuse_port);
     }
 }

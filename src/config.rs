@@ -148,12 +148,20 @@ pub struct Config {
     pub history: usize,
     pub history_bytes: usize,
     pub history_ttl: Duration,
+    /// PEM certificate chain and private key: with both, the listener speaks TLS (or only the
+    /// `tls_port` listener, when that is set).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// A second listener, for TLS, beside the plain one on `port`.
+    pub tls_port: Option<u16>,
     /// Use the systemd socket-activation and notification protocols when the environment says so.
     pub systemd: bool,
     /// Share rooms with other wschat processes through this Redis (`--redis`).
     pub redis: Option<crate::redis::RedisUrl>,
     /// Use Redis 7 sharded pub/sub (SSUBSCRIBE/SPUBLISH) on a single endpoint.
     pub redis_sharded: bool,
+    /// Bind with SO_REUSEPORT so that several processes share the port (`--reuse-port`).
+    pub reuse_port: bool,
 }
 
 impl Default for Config {
@@ -183,6 +191,10 @@ impl Default for Config {
             systemd: false,
             redis: None,
             redis_sharded: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_port: None,
+            reuse_port: false,
         }
     }
 }
@@ -236,6 +248,14 @@ impl Config {
         {
             return fail("--max-rate must be above 0 and its burst at least 1");
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return fail("--tls-cert needs --tls-key"),
+            (None, Some(_)) => return fail("--tls-key needs --tls-cert"),
+            (None, None) if self.tls_port.is_some() => {
+                return fail("--tls-port needs --tls-cert and --tls-key");
+            }
+            _ => {}
+        }
         if self.max_connections == Some(0) {
             return fail("--max-connections must be at least 1");
         }
@@ -262,7 +282,12 @@ impl Config {
 
     /// Worst-case bytes the limits allow, logged at start-up so an operator can size the host.
     pub fn worst_case_memory(&self, max_connections: usize) -> u64 {
-        let inbound_per_conn = (self.max_message_size as u64) * 2 + READ_BUFFER_SIZE as u64;
+        // Saturating: huge limits (64-bit sizes times many connections) must read as "more
+        // than any host", not wrap to a small figure.
+        let connections = max_connections as u64;
+        let inbound_per_conn = (self.max_message_size as u64)
+            .saturating_mul(2)
+            .saturating_add(READ_BUFFER_SIZE as u64);
         let history = if self.history > 0 {
             // Rooms are bounded by connections (a room exists while it has members or history).
             self.history_bytes as u64
@@ -271,9 +296,11 @@ impl Config {
         };
         // A busy connection keeps one flushed buffer for its next pass.
         let spare_per_conn = crate::outbound::KEEP_CAPACITY as u64;
-        (inbound_per_conn + spare_per_conn) * max_connections as u64
-            + (self.max_outbound_total as u64)
-            + history * max_connections as u64
+        inbound_per_conn
+            .saturating_add(spare_per_conn)
+            .saturating_mul(connections)
+            .saturating_add(self.max_outbound_total as u64)
+            .saturating_add(history.saturating_mul(connections))
     }
 }
 
@@ -346,6 +373,31 @@ mod tests {
     #[test]
     fn systemd_integration_is_off_for_library_users() {
         assert!(!Config::default().systemd);
+    }
+
+    #[test]
+    fn limits_near_the_top_of_usize_are_checked_not_wrapped() {
+        // On a 32-bit target --max-message-size 4294967290 parses; the frame header added to
+        // it must not wrap around and let a too-small --max-outbound pass.
+        let config = Config {
+            max_message_size: usize::MAX - 5,
+            max_outbound: 100,
+            max_outbound_total: usize::MAX,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        // A valid but enormous set of limits reads as "more than any host", not a wrap.
+        let config = Config {
+            max_message_size: usize::MAX / 4,
+            max_outbound: usize::MAX,
+            max_outbound_total: usize::MAX,
+            history: 10,
+            history_bytes: usize::MAX,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        let worst = config.worst_case_memory(1_000_000);
+        assert!(worst >= (usize::MAX as u64).saturating_mul(1000), "{worst}");
     }
 
     #[test]

@@ -50,11 +50,19 @@ fn main() -> ExitCode {
         return fail(e);
     }
     let address = server.local_addr();
+    let scheme = if server.tls_addr() == Some(address) {
+        "https"
+    } else {
+        "http"
+    };
     log::info!(
-        "wschat {} listening on {address} ({page}): open http://localhost:{}/ in a browser",
+        "wschat {} listening on {address} ({page}): open {scheme}://localhost:{}/ in a browser",
         env!("CARGO_PKG_VERSION"),
         address.port()
     );
+    if let Some(tls) = server.tls_addr().filter(|tls| *tls != address) {
+        log::info!("TLS listening on {tls}: https://localhost:{}/", tls.port());
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),

@@ -56,8 +56,8 @@ fn clients_on_two_nodes_share_a_room_and_only_that_room() {
         "binary stays binary"
     );
     // Nobody hears their own message twice, and other rooms hear nothing.
-    assert_silent(&mut on_a, Duration::from_millis(200));
-    assert_silent(&mut elsewhere_b, Duration::from_millis(50));
+    assert_silent(&mut on_a, scaled(Duration::from_millis(200)));
+    assert_silent(&mut elsewhere_b, scaled(Duration::from_millis(50)));
     assert_eq!(a.metric("wschat_redis_published_total"), 1.0);
     assert_eq!(a.metric("wschat_redis_received_total"), 1.0);
     // A healthy link counts no errors; the families are on the page all the same.
@@ -180,7 +180,7 @@ fn sharded_pub_sub_carries_rooms_between_nodes() {
     });
     on_a.send(Message::text("sharded hello")).unwrap();
     assert_eq!(next_text(&mut on_b), "sharded hello");
-    assert_silent(&mut on_a, Duration::from_millis(150));
+    assert_silent(&mut on_a, scaled(Duration::from_millis(150)));
 }
 
 #[test]

@@ -4,17 +4,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::Duration;
 
 use common::*;
-
-fn keep_alive_get(stream: &mut std::net::TcpStream, path: &str) -> HttpReply {
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .unwrap();
-    read_reply(stream)
-}
 
 #[test]
 fn ok_while_accepting() {
@@ -95,7 +87,7 @@ fn an_idle_keep_alive_connection_does_not_hold_the_exit() {
     drop(client);
     server.stop().expect("clean stop");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < scaled(Duration::from_secs(2)),
         "exit waited {:?} for an idle HTTP connection",
         started.elapsed()
     );

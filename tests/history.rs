@@ -43,7 +43,7 @@ fn off_by_default() {
     let mut a = server.client("/");
     say(&server, &mut a, &numbered("m", 0..3));
     let mut late = server.client("/");
-    assert_silent(&mut late, Duration::from_millis(200));
+    assert_silent(&mut late, scaled(Duration::from_millis(200)));
 }
 
 #[test]
@@ -53,10 +53,10 @@ fn a_late_joiner_gets_the_last_n_in_order() {
     say(&server, &mut a, &numbered("m", 0..5));
     let mut late = server.client("/r");
     assert_eq!(receive(&mut late, 3), numbered("m", 2..5));
-    assert_silent(&mut late, Duration::from_millis(200));
+    assert_silent(&mut late, scaled(Duration::from_millis(200)));
     // Other rooms keep their own history.
     let mut elsewhere = server.client("/elsewhere");
-    assert_silent(&mut elsewhere, Duration::from_millis(100));
+    assert_silent(&mut elsewhere, scaled(Duration::from_millis(100)));
     // Binary stays binary in history.
     a.send(Message::binary(vec![1u8, 2, 3])).unwrap();
     assert_eq!(next_message(&mut late), Message::binary(vec![1u8, 2, 3]));
@@ -78,14 +78,14 @@ fn the_byte_bound_keeps_only_the_newest_that_fit() {
     say(&server, &mut a, &texts);
     let mut late = server.client("/");
     assert_eq!(receive(&mut late, 4), texts[6..].to_vec());
-    assert_silent(&mut late, Duration::from_millis(200));
+    assert_silent(&mut late, scaled(Duration::from_millis(200)));
     // A message larger than the whole bound is relayed but not kept, and keeps the rest.
     let big = "x".repeat(60);
     say(&server, &mut a, std::slice::from_ref(&big));
     assert_eq!(next_text(&mut late), big);
     let mut later = server.client("/");
     assert_eq!(receive(&mut later, 4), texts[6..].to_vec());
-    assert_silent(&mut later, Duration::from_millis(100));
+    assert_silent(&mut later, scaled(Duration::from_millis(100)));
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn history_expires_after_the_ttl_without_members() {
     });
     assert!(left.elapsed() >= ttl, "expired early: {:?}", left.elapsed());
     let mut late = server.client("/room");
-    assert_silent(&mut late, Duration::from_millis(200));
+    assert_silent(&mut late, scaled(Duration::from_millis(200)));
 }
 
 #[test]
@@ -175,12 +175,12 @@ fn dormant_rooms_are_bounded_by_the_connection_cap() {
         server.metric("wschat_rooms_dormant") == 2.0
     });
     let mut r3 = server.client("/r3");
-    assert_silent(&mut r3, Duration::from_millis(50));
+    assert_silent(&mut r3, scaled(Duration::from_millis(50)));
     assert_eq!(server.metric("wschat_rooms_dormant"), 1.0, "/r1 went");
     let mut r2 = server.client("/r2");
     assert_eq!(next_text(&mut r2), "in /r2");
     drop((r2, r3));
     wait_for_members(&server, 0);
     let mut r1 = server.client("/r1");
-    assert_silent(&mut r1, Duration::from_millis(100));
+    assert_silent(&mut r1, scaled(Duration::from_millis(100)));
 }

@@ -34,15 +34,17 @@ fn an_oversized_frame_is_refused_with_1009_from_its_header_alone() {
     wait_for_members(&server, 3);
     // A header announcing 1 GiB, and only the first bytes of its payload: the refusal must
     // come from the header, without waiting for (or buffering) the payload.
-    let mut header = vec![0x82, 0x80 | 127];
-    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
-    header.extend_from_slice(&[1, 2, 3, 4]);
+    let mut header = header_only(0x82, 1 << 30);
     header.extend_from_slice(&[0u8; 100]);
     big.write_all(&header).unwrap();
     assert_eq!(read_close_code(&mut big), Some(1009));
     assert_room_works(&mut a, &mut b, "unaffected");
-    eventually("the refusal to be counted", || {
-        server.metric("wschat_connections_closed_total{reason=\"message_too_big\"}") == 1.0
+    // One byte over, in a text frame, and no payload at all.
+    let mut over = server.raw_websocket("/");
+    over.write_all(&header_only(0x81, 1025)).unwrap();
+    assert_eq!(read_close_code(&mut over), Some(1009));
+    eventually("the refusals to be counted", || {
+        server.metric("wschat_connections_closed_total{reason=\"message_too_big\"}") == 2.0
     });
 }
 
@@ -63,7 +65,7 @@ fn a_message_over_the_limit_in_small_fragments_is_refused_with_1009() {
     assert_eq!(read_close_code(&mut big), Some(1009));
     // Nothing of it was relayed; the room still works.
     assert_room_works(&mut a, &mut b, "after the big one");
-    assert_silent(&mut a, Duration::from_millis(100));
+    assert_silent(&mut a, scaled(Duration::from_millis(100)));
 }
 
 #[test]
@@ -74,9 +76,17 @@ fn a_message_at_the_limit_is_relayed_whole() {
     });
     let mut a = server.client("/");
     let mut b = server.client("/");
-    wait_for_members(&server, 2);
+    let mut raw = server.raw_websocket("/");
+    wait_for_members(&server, 3);
     a.send(Message::binary(vec![9u8; 1024])).unwrap();
     assert_eq!(next_message(&mut b), Message::binary(vec![9u8; 1024]));
+    // In fragments that add up to exactly the limit.
+    let mut bytes = frame(0x02, &[7; 1000], true);
+    bytes.extend(frame(0x80, &[8; 24], true));
+    raw.write_all(&bytes).unwrap();
+    let mut expected = vec![7; 1000];
+    expected.extend_from_slice(&[8; 24]);
+    assert_eq!(next_message(&mut b), Message::binary(expected));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -127,7 +137,7 @@ fn a_request_head_that_does_not_arrive_in_time_is_closed() {
     wait_for_eof(&mut slow);
     let closed_after = started.elapsed();
     assert!(
-        closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(2),
+        closed_after >= Duration::from_millis(250) && closed_after < scaled(Duration::from_secs(2)),
         "closed after {closed_after:?}"
     );
     // A byte at a time does not extend the deadline either.
@@ -148,7 +158,7 @@ fn a_request_head_that_does_not_arrive_in_time_is_closed() {
     if !ended {
         wait_for_eof(&mut trickle);
     }
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(started.elapsed() < scaled(Duration::from_millis(1500)));
     eventually("handshake timeouts to be counted", || {
         server.metric("wschat_connections_closed_total{reason=\"handshake_timeout\"}") == 2.0
     });
@@ -157,7 +167,7 @@ fn a_request_head_that_does_not_arrive_in_time_is_closed() {
 #[test]
 fn a_thousand_slowloris_sockets_cost_little_and_do_not_delay_real_clients() {
     let server = start(Config {
-        handshake_timeout: Duration::from_secs(4),
+        handshake_timeout: scaled(Duration::from_secs(4)),
         ..config()
     });
     // The server runs in this process: its RSS is ours (other tests add a little).
@@ -166,7 +176,7 @@ fn a_thousand_slowloris_sockets_cost_little_and_do_not_delay_real_clients() {
     let mut loris = Vec::new();
     for batch in 1..=10 {
         for _ in 0..100 {
-            let mut stream = TcpStream::connect(server.addr).unwrap();
+            let mut stream = server.raw();
             stream.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
             loris.push(stream);
         }
@@ -188,11 +198,11 @@ fn a_thousand_slowloris_sockets_cost_little_and_do_not_delay_real_clients() {
     assert_eq!(server.get("/healthz").status, 200);
     let took = started.elapsed();
     assert!(
-        took < Duration::from_millis(750),
+        took < scaled(Duration::from_millis(750)),
         "real clients took {took:?}"
     );
     // Then the handshake deadline sweeps the slowloris sockets away.
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(scaled(Duration::from_secs(3)));
     eventually("the slowloris sockets to be closed", || {
         server.metric("wschat_connections_open") <= 3.0
     });
@@ -206,16 +216,22 @@ fn a_thousand_slowloris_sockets_cost_little_and_do_not_delay_real_clients() {
 // ---------------------------------------------------------------------------------------
 // Message rate
 
-#[test]
-fn over_the_rate_messages_are_dropped_and_counted() {
-    let server = start(Config {
+/// Two messages a second after a burst of `burst`. The refill slows with the time scale, so
+/// a slow sender is not handed extra tokens.
+fn rate_limited(burst: f64, over: OverRate) -> TestServer {
+    start(Config {
         rate_limit: Some(RateLimit {
-            per_second: 2.0,
-            burst: 5.0,
-            over: OverRate::Drop,
+            per_second: 2.0 / time_scale(),
+            burst,
+            over,
         }),
         ..config()
-    });
+    })
+}
+
+#[test]
+fn over_the_rate_messages_are_dropped_and_counted() {
+    let server = rate_limited(5.0, OverRate::Drop);
     let mut sender = server.client("/");
     let mut reader = server.client("/");
     wait_for_members(&server, 2);
@@ -226,27 +242,20 @@ fn over_the_rate_messages_are_dropped_and_counted() {
     for i in 0..5 {
         assert_eq!(next_text(&mut reader), format!("m{i}"));
     }
-    assert_silent(&mut reader, Duration::from_millis(200));
+    assert_silent(&mut reader, scaled(Duration::from_millis(200)));
     assert_eq!(
         server.metric("wschat_messages_dropped_total{reason=\"rate_limit\"}"),
         15.0
     );
     // The sender stays connected, and the bucket refills.
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(scaled(Duration::from_millis(600)));
     sender.send(Message::text("later")).unwrap();
     assert_eq!(next_text(&mut reader), "later");
 }
 
 #[test]
 fn over_the_rate_with_over_rate_close_the_client_is_closed_with_1008() {
-    let server = start(Config {
-        rate_limit: Some(RateLimit {
-            per_second: 2.0,
-            burst: 3.0,
-            over: OverRate::Close,
-        }),
-        ..config()
-    });
+    let server = rate_limited(3.0, OverRate::Close);
     let mut flooder = server.raw_websocket("/");
     let mut a = server.client("/");
     let mut b = server.client("/");
@@ -261,7 +270,7 @@ fn over_the_rate_with_over_rate_close_the_client_is_closed_with_1008() {
         assert_eq!(next_text(&mut b), "flood");
     }
     assert_room_works(&mut a, &mut b, "calm");
-    assert_silent(&mut b, Duration::from_millis(100));
+    assert_silent(&mut b, scaled(Duration::from_millis(100)));
     // The flooder left the room at once; its close is counted when its socket goes.
     assert_eq!(server.metric("wschat_websockets_open"), 2.0);
     drop(flooder);
@@ -277,23 +286,12 @@ fn over_the_rate_with_over_rate_close_the_client_is_closed_with_1008() {
 // ---------------------------------------------------------------------------------------
 // Origin
 
-fn upgrade_with(origin: Option<&str>, host: &str) -> String {
+fn upgrade_status(server: &TestServer, origin: Option<&str>, host: &str) -> u16 {
     let origin = origin
         .map(|o| format!("Origin: {o}\r\n"))
         .unwrap_or_default();
-    format!(
-        "GET /room HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         {origin}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-}
-
-fn upgrade_status(server: &TestServer, origin: Option<&str>, host: &str) -> u16 {
-    let mut stream = server.raw();
-    stream
-        .write_all(upgrade_with(origin, host).as_bytes())
-        .unwrap();
-    let head = read_head(&mut stream);
-    head.split(' ').nth(1).unwrap().parse().unwrap()
+    let request = upgrade_request_to(host, "/room", &origin);
+    status_of(&server.raw_request(request.as_bytes()).1)
 }
 
 #[test]
@@ -367,12 +365,9 @@ fn over_the_connection_cap_upgrades_get_503_with_retry_after() {
     let mut a = server.client("/");
     let mut b = server.client("/");
     wait_for_members(&server, 2);
-    let mut third = server.raw();
-    third.write_all(upgrade_request("/").as_bytes()).unwrap();
-    let reply = read_reply(&mut third);
+    let reply = server.http(&upgrade_request("/"));
     assert_eq!(reply.status, 503);
     assert!(reply.header("retry-after").is_some(), "{}", reply.head);
-    assert_eq!(server.get("/healthz").status, 503);
     // Plain HTTP is still served, and the members are unaffected.
     assert_eq!(server.get("/").status, 200);
     assert_room_works(&mut a, &mut b, "two is company");
@@ -412,9 +407,7 @@ fn out_of_file_descriptors_the_server_pauses_accepting_instead_of_spinning() {
         daemon.log_text().contains("max-connections=32 ")
     });
     // Idle sockets until accept() fails with EMFILE (the kernel queues the rest).
-    let idle: Vec<TcpStream> = (0..90)
-        .map(|_| TcpStream::connect(daemon.addr).unwrap())
-        .collect();
+    let idle: Vec<TcpStream> = (0..90).map(|_| daemon.raw()).collect();
     eventually("accept to hit the descriptor limit", || {
         daemon.log_text().contains("pausing accepts")
     });
@@ -428,14 +421,7 @@ fn out_of_file_descriptors_the_server_pauses_accepting_instead_of_spinning() {
     // Descriptors come back: the server serves again.
     drop(idle);
     eventually("the server to answer again", || {
-        let Ok(mut stream) = TcpStream::connect(daemon.addr) else {
-            return false;
-        };
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .is_ok()
-            && read_reply(&mut stream).status == 200
+        daemon.get("/healthz").status == 200
     });
     assert!(daemon.metric("wschat_accept_errors_total") >= 1.0);
 }

@@ -14,7 +14,8 @@ use tungstenite::client::IntoClientRequest;
 
 /// A client that offers `wschat.v1`; `query` is appended to the room path.
 fn v1(server: &TestServer, path_and_query: &str) -> Client {
-    let mut request = server.url(path_and_query).into_client_request().unwrap();
+    let url = format!("ws://{}{}", server.addr(), path_and_query);
+    let mut request = url.into_client_request().unwrap();
     request
         .headers_mut()
         .insert("Sec-WebSocket-Protocol", "wschat.v1".parse().unwrap());
@@ -27,7 +28,7 @@ fn v1(server: &TestServer, path_and_query: &str) -> Client {
             .map(|v| v.to_str().unwrap()),
         Some("wschat.v1")
     );
-    set_timeout(&client, TIMEOUT);
+    set_timeout(&client, timeout());
     client
 }
 
@@ -98,13 +99,11 @@ fn with_history(n: usize) -> Config {
     }
 }
 
-/// The status an upgrade request with `extra` headers gets.
+/// The status an upgrade request with an `extra` header gets, and the refusal's body.
 fn upgrade_status(server: &TestServer, target: &str, extra: &str) -> (u16, String) {
-    let mut stream = server.raw();
-    let request = upgrade_request(target).replace("\r\n\r\n", &format!("\r\n{extra}\r\n\r\n"));
-    stream.write_all(request.as_bytes()).unwrap();
-    let head = read_head(&mut stream);
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let request = upgrade_request_to("localhost", target, &format!("{extra}\r\n"));
+    let (mut stream, head) = server.raw_request(request.as_bytes());
+    let status = status_of(&head);
     let mut body = String::new();
     if status != 101 {
         // A refusal closes the connection after its body.
@@ -341,7 +340,7 @@ fn presence_counts_members_and_coalesces_joins() {
     );
     drop(burst);
     drop(bob);
-    set_timeout(&ana, TIMEOUT);
+    set_timeout(&ana, timeout());
     // Leaves are told too, until Ana is alone.
     let mut saw_bob_leave = false;
     loop {

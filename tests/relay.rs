@@ -22,7 +22,7 @@ fn three_clients_each_message_reaches_exactly_the_two_others() {
         }
     }
     for client in clients.iter_mut() {
-        assert_silent(client, Duration::from_millis(200));
+        assert_silent(client, scaled(Duration::from_millis(200)));
     }
 }
 
@@ -38,7 +38,7 @@ fn echo_mode_delivers_back_to_the_sender_too() {
     a.send(Message::text("ping")).unwrap();
     assert_eq!(next_text(&mut a), "ping");
     assert_eq!(next_text(&mut b), "ping");
-    assert_silent(&mut a, Duration::from_millis(150));
+    assert_silent(&mut a, scaled(Duration::from_millis(150)));
 }
 
 #[test]
@@ -56,8 +56,8 @@ fn rooms_do_not_see_each_other() {
         "/lobby/ is the room /lobby"
     );
     default_room.send(Message::text("in default")).unwrap();
-    assert_silent(&mut other, Duration::from_millis(200));
-    assert_silent(&mut lobby_b, Duration::from_millis(50));
+    assert_silent(&mut other, scaled(Duration::from_millis(200)));
+    assert_silent(&mut lobby_b, scaled(Duration::from_millis(50)));
     assert_eq!(server.metric("wschat_rooms_open"), 3.0);
 }
 

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,19 +27,6 @@ fn slow_config(policy: SlowClientPolicy) -> Config {
         slow_client: policy,
         ..config()
     }
-}
-
-/// A member that completes the upgrade and then reads nothing. (Its kernel buffers absorb
-/// well under a megabyte on loopback before the server's queue starts to fill: the window
-/// closes and the send buffer stops growing.)
-fn non_reader(addr: SocketAddr, path: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-    stream.write_all(upgrade_request(path).as_bytes()).unwrap();
-    let head = read_head(&mut stream);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    stream
 }
 
 fn numbered(seq: u32) -> Message {
@@ -136,7 +123,7 @@ fn baseline(policy: SlowClientPolicy) -> Duration {
 
 fn assert_full_rate(with_slow: Duration, without: Duration) {
     assert!(
-        with_slow < without * 3 + Duration::from_millis(500),
+        with_slow < without * 3 + scaled(Duration::from_millis(500)),
         "the fast reader took {with_slow:?} beside a slow one, {without:?} alone"
     );
 }
@@ -147,7 +134,7 @@ fn close_policy_closes_the_non_reader_with_1008_and_the_room_keeps_full_rate() {
     let server = start(slow_config(SlowClientPolicy::Close));
     let mut sender = server.client("/");
     let reader = fast_reader(server.client("/"), MESSAGES);
-    let mut slow = non_reader(server.addr, "/");
+    let mut slow = server.raw_websocket("/");
     wait_for_members(&server, 3);
     blast(&server, &mut sender, MESSAGES, 3);
     let (took, _reader) = reader.join().expect("the fast reader got everything");
@@ -184,23 +171,38 @@ fn a_non_reader_that_cannot_take_the_close_is_dropped_after_the_close_timeout() 
     let server = start(slow_config(SlowClientPolicy::Close));
     let mut sender = server.client("/");
     let reader = fast_reader(server.client("/"), MESSAGES);
-    let mut slow = non_reader(server.addr, "/");
+    let mut slow = server.raw_websocket("/");
     wait_for_members(&server, 3);
-    blast(&server, &mut sender, MESSAGES, 3);
+    // The close timer starts at the slow close, mid-blast: note when it is first seen.
+    let mut closed_at = None;
+    for seq in 0..MESSAGES {
+        sender.send(numbered(seq)).unwrap();
+        if closed_at.is_none()
+            && seq % 50 == 49
+            && server.metric("wschat_slow_client_closes_total") == 1.0
+        {
+            closed_at = Some(Instant::now());
+        }
+    }
     let _reader = reader.join().expect("the fast reader got everything");
-    let closed_at = Instant::now();
-    eventually("the slow close", || {
-        server.metric("wschat_slow_client_closes_total") == 1.0
+    let closed_at = closed_at.unwrap_or_else(|| {
+        eventually("the slow close", || {
+            server.metric("wschat_slow_client_closes_total") == 1.0
+        });
+        Instant::now()
     });
-    // It still reads nothing: the socket is dropped once CLOSE_TIMEOUT (3 s) passes.
-    std::thread::sleep(Duration::from_millis(2500));
+    // It still reads nothing: the socket is dropped once CLOSE_TIMEOUT (3 s) passes. The
+    // margins allow for the time between the close and seeing it, longer on a slow target.
+    let close_timeout = Duration::from_secs(3);
+    let still_open_at =
+        closed_at + close_timeout.saturating_sub(scaled(Duration::from_millis(500)));
+    std::thread::sleep(still_open_at.saturating_duration_since(Instant::now()));
     assert_eq!(server.metric("wschat_connections_open"), 4.0);
     eventually("the socket to be dropped", || {
         server.metric("wschat_connections_open") == 3.0
     });
-    assert!(closed_at.elapsed() < Duration::from_millis(4500));
+    assert!(closed_at.elapsed() < close_timeout + scaled(Duration::from_millis(1500)));
     // Draining what it holds ends in end-of-stream (or a reset), not a hang.
-    slow.set_read_timeout(Some(TIMEOUT)).unwrap();
     wait_for_eof(&mut slow);
 }
 
@@ -210,7 +212,7 @@ fn drop_newest_skips_messages_for_the_non_reader_only_and_counts_them() {
     let server = start(slow_config(SlowClientPolicy::DropNewest));
     let mut sender = server.client("/");
     let reader = fast_reader(server.client("/"), MESSAGES);
-    let slow = non_reader(server.addr, "/");
+    let slow = server.raw_websocket("/");
     wait_for_members(&server, 3);
     blast(&server, &mut sender, MESSAGES, 3);
     let (took, _reader) = reader.join().expect("the fast reader got everything");
@@ -236,7 +238,7 @@ fn drop_oldest_discards_whole_old_messages_and_keeps_the_newest() {
     let server = start(slow_config(SlowClientPolicy::DropOldest));
     let mut sender = server.client("/");
     let reader = fast_reader(server.client("/"), MESSAGES);
-    let mut slow = non_reader(server.addr, "/");
+    let mut slow = server.raw_websocket("/");
     wait_for_members(&server, 3);
     blast(&server, &mut sender, MESSAGES, 3);
     let _reader = reader.join().expect("the fast reader got everything");
@@ -267,7 +269,7 @@ fn the_process_wide_budget_sheds_the_largest_queues() {
     });
     let mut sender = server.client("/");
     let reader = fast_reader(server.client("/"), MESSAGES);
-    let slow: Vec<TcpStream> = (0..4).map(|_| non_reader(server.addr, "/")).collect();
+    let slow: Vec<TcpStream> = (0..4).map(|_| server.raw_websocket("/")).collect();
     wait_for_members(&server, 6);
     for seq in 0..MESSAGES {
         sender.send(numbered(seq)).unwrap();
@@ -294,19 +296,11 @@ fn the_binary_stays_within_its_budget_in_rss_beside_non_readers() {
         "--slow-client",
         "drop-newest",
     ]);
-    let url = format!("ws://{}/", daemon.addr);
-    let connect = || {
-        let (client, _) = tungstenite::connect(&url).expect("upgrade");
-        set_timeout(&client, TIMEOUT);
-        client
-    };
-    let mut sender = connect();
+    let mut sender = daemon.client("/");
     let total_messages = 6000u32;
-    let reader = fast_reader(connect(), total_messages);
-    let _slow: Vec<TcpStream> = (0..3).map(|_| non_reader(daemon.addr, "/")).collect();
-    eventually("5 members", || {
-        daemon.metric("wschat_websockets_open") == 5.0
-    });
+    let reader = fast_reader(daemon.client("/"), total_messages);
+    let _slow: Vec<TcpStream> = (0..3).map(|_| daemon.raw_websocket("/")).collect();
+    wait_for_members(&daemon, 5);
     // Warm up: allocator pools, the queues filled to their budget.
     for seq in 0..500 {
         sender.send(numbered(seq)).unwrap();
@@ -377,7 +371,7 @@ fn a_client_that_pings_and_never_reads_is_held_to_its_budget_and_hurts_no_one() 
     let ping = frame(0x89, &[0x55; 125], true);
     let started = std::time::Instant::now();
     let mut sent = 0usize;
-    while sent < 64 << 20 && started.elapsed() < Duration::from_secs(2) {
+    while sent < 64 << 20 && started.elapsed() < scaled(Duration::from_secs(2)) {
         match flood.write(&ping) {
             Ok(n) => sent += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

@@ -27,7 +27,7 @@ impl Manager {
         let path = std::env::temp_dir().join(format!("wschat-notify-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path).unwrap();
-        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+        socket.set_read_timeout(Some(timeout())).unwrap();
         Manager {
             socket,
             name: path.to_str().unwrap().to_string(),
@@ -39,7 +39,7 @@ impl Manager {
         let name = format!("wschat-notify-{tag}-{}", std::process::id());
         let address = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let socket = UnixDatagram::bind_addr(&address).unwrap();
-        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+        socket.set_read_timeout(Some(timeout())).unwrap();
         Manager {
             socket,
             name: format!("@{name}"),
@@ -80,13 +80,14 @@ impl Drop for Manager {
 /// sets it to its own pid and then execs, as systemd sets it in the forked child).
 fn activated(listener: &TcpListener, extra_env: &[(&str, &str)], args: &[&str]) -> Spawned {
     let mut command = std::process::Command::new("/bin/sh");
+    // Through the runner, if any: qemu-user keeps the pid, so LISTEN_PID still matches.
     command
         .arg("-c")
         .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
-        .arg(env!("CARGO_BIN_EXE_wschat"))
+        .args(binary_argv())
         .args(args);
     // The same clean environment as every other spawned daemon.
-    for (key, _) in daemon_command(&[]).get_envs() {
+    for (key, _) in binary_command(&[]).get_envs() {
         command.env_remove(key);
     }
     command.env("LISTEN_FDS", "1");
@@ -138,28 +139,18 @@ fn socket_activation_serves_the_passed_socket() {
     drop(listener);
     let mut a = daemon.client("/room");
     let mut b = daemon.client("/room");
-    eventually("two members", || {
-        daemon.metric("wschat_websockets_open") == 2.0
-    });
+    wait_for_members(&daemon, 2);
     a.send(Message::text("through systemd's socket")).unwrap();
     assert_eq!(next_text(&mut b), "through systemd's socket");
     drop((a, b));
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(TIMEOUT).and_then(|s| s.code()), Some(0));
+    assert_eq!(daemon.stop(libc::SIGTERM), Some(0));
 }
 
 #[test]
 fn a_listen_pid_for_another_process_is_ignored() {
     // The variables were meant for some other process (a parent that did not unset them):
     // wschat binds its own socket.
-    let mut command = daemon_command(&[
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--stats-interval",
-        "0",
-    ]);
+    let mut command = daemon_command(&["--stats-interval", "0"]);
     command.env("LISTEN_FDS", "1").env("LISTEN_PID", "1");
     let daemon = spawn_daemon(command);
     assert_eq!(daemon.get("/healthz").status, 200);
@@ -169,11 +160,15 @@ fn a_listen_pid_for_another_process_is_ignored() {
 fn notify_ready_watchdog_and_stopping() {
     let manager = Manager::at_path("path");
     let listener = loopback_listener();
+    // The watchdog period and the time it is watched for scale together, so the count of
+    // pings asserted below holds under emulation too.
+    let watchdog = scaled(Duration::from_millis(200));
+    let watchdog_usec = watchdog.as_micros().to_string();
     let mut daemon = activated(
         &listener,
         &[
             ("NOTIFY_SOCKET", manager.name.as_str()),
-            ("WATCHDOG_USEC", "200000"),
+            ("WATCHDOG_USEC", watchdog_usec.as_str()),
         ],
         &["--stats-interval", "0"],
     );
@@ -184,7 +179,7 @@ fn notify_ready_watchdog_and_stopping() {
     // WATCHDOG=1 every half of WATCHDOG_USEC (100 ms), from the loop, even when idle.
     let start = Instant::now();
     let mut pings = 0;
-    while start.elapsed() < Duration::from_millis(1000) {
+    while start.elapsed() < watchdog * 5 {
         assert_eq!(manager.next(), "WATCHDOG=1");
         pings += 1;
     }
@@ -194,9 +189,7 @@ fn notify_ready_watchdog_and_stopping() {
         start.elapsed()
     );
     let mut client = daemon.client("/");
-    eventually("the member", || {
-        daemon.metric("wschat_websockets_open") == 1.0
-    });
+    wait_for_members(&daemon, 1);
     daemon.signal(libc::SIGTERM);
     let before = manager.wait_for("STOPPING=1");
     assert!(before.iter().all(|s| s == "WATCHDOG=1"), "{before:?}");
@@ -206,38 +199,31 @@ fn notify_ready_watchdog_and_stopping() {
     );
     let _ = client.flush();
     drop(client);
-    assert_eq!(daemon.wait_exit(TIMEOUT).and_then(|s| s.code()), Some(0));
+    assert_eq!(daemon.wait_exit(timeout()).and_then(|s| s.code()), Some(0));
 }
 
 #[test]
 fn notify_to_an_abstract_socket() {
     let manager = Manager::abstract_name("abstract");
-    let mut command = daemon_command(&[
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--stats-interval",
-        "0",
-    ]);
+    let mut command = daemon_command(&["--stats-interval", "0"]);
     command.env("NOTIFY_SOCKET", &manager.name);
     let mut daemon = spawn_daemon(command);
     assert_eq!(manager.next(), "READY=1");
     daemon.signal(libc::SIGTERM);
     assert_eq!(manager.wait_for("STOPPING=1"), Vec::<String>::new());
-    assert_eq!(daemon.wait_exit(TIMEOUT).and_then(|s| s.code()), Some(0));
+    assert_eq!(daemon.wait_exit(timeout()).and_then(|s| s.code()), Some(0));
 }
 
 #[test]
 fn no_systemd_ignores_the_environment() {
     let manager = Manager::at_path("off");
-    let mut command = daemon_command(&["--bind", "127.0.0.1", "--port", "0", "--no-systemd"]);
+    let mut command = daemon_command(&["--no-systemd"]);
     command.env("NOTIFY_SOCKET", &manager.name);
     let daemon = spawn_daemon(command);
     assert_eq!(daemon.get("/healthz").status, 200);
     manager
         .socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
+        .set_read_timeout(Some(scaled(Duration::from_millis(300))))
         .unwrap();
     let mut buffer = [0u8; 64];
     assert!(manager.socket.recv(&mut buffer).is_err(), "no notification");

@@ -146,5 +146,7 @@ pub fn nofile_limit() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
         return 1024;
     }
-    rl.rlim_cur
+    // rlim_t is 32 bits on 32-bit glibc targets (armv7) and 64 bits elsewhere.
+    #[allow(clippy::useless_conversion)]
+    u64::from(rl.rlim_cur)
 }

@@ -7,7 +7,7 @@
 //! every connect attempt uses the last one found and starts a fresh lookup beside it, so a host
 //! that moves is followed without ever stalling an attempt.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 
 use mio::net::UnixStream;
@@ -129,12 +129,8 @@ impl HostLookup {
         std::thread::Builder::new()
             .name("redis-lookup".into())
             .spawn(move || {
-                let found = match (host.as_str(), port).to_socket_addrs() {
-                    Ok(mut addrs) => addrs
-                        .next()
-                        .ok_or_else(|| format!("{host} resolved to no address")),
-                    Err(error) => Err(format!("cannot resolve {host}: {error}")),
-                };
+                let found = crate::resolve::resolve(&host, port)
+                    .map_err(|error| format!("cannot resolve {host}: {error}"));
                 let _ = sender.send(found);
                 // The answer is in the channel before the loop can see this end close.
                 drop(thread_end);

@@ -11,23 +11,31 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{MAX_KEY, Server};
-use crate::connection::Connection;
+use crate::connection::{Connection, Transport};
 
 /// After `EMFILE`/`ENFILE`, accepting pauses this long instead of spinning on the error.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 impl Server {
-    /// Accepts every pending connection. Called on a listener event and after an accept pause.
+    /// Accepts every pending connection on every listener. Called on a listener event and
+    /// after an accept pause.
     pub(super) fn accept_all(&mut self) {
-        if self.deadlines.accept_paused_until.is_some() {
-            return;
+        for index in 0..self.listeners.len() {
+            self.accept_from(index);
         }
+    }
+
+    fn accept_from(&mut self, index: usize) {
         loop {
-            let Some(listener) = self.listener.as_mut() else {
+            if self.deadlines.accept_paused_until.is_some() {
+                return;
+            }
+            let Some(listener) = self.listeners.get_mut(index) else {
                 return;
             };
-            match listener.accept() {
-                Ok((socket, peer)) => self.admit(socket, peer),
+            let tls = listener.tls;
+            match listener.socket.accept() {
+                Ok((socket, peer)) => self.admit(socket, peer, tls),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_resource_exhaustion(&e) => {
@@ -49,17 +57,29 @@ impl Server {
         }
     }
 
-    /// Registers a freshly accepted socket as a connection in the HTTP phase.
-    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+    /// Registers a freshly accepted socket as a connection in the HTTP phase (after a TLS
+    /// handshake, for a TLS listener: the handshake timeout covers both).
+    fn admit(&mut self, socket: TcpStream, peer: SocketAddr, tls: bool) {
         if self.connections.len() >= MAX_KEY {
             return;
         }
         // Frames are coalesced per loop pass already; Nagle would only add latency.
         let _ = socket.set_nodelay(true);
+        let mut transport = if tls {
+            match self.tls_transport(socket) {
+                Ok(transport) => transport,
+                Err(e) => {
+                    warn!("peer={peer} cannot start a TLS session: {e}");
+                    return;
+                }
+            }
+        } else {
+            Transport::plain(socket)
+        };
         let entry = self.connections.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
-            &mut socket,
+            transport.socket(),
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -69,11 +89,26 @@ impl Server {
         let id = self.next_id;
         self.next_id += 1;
         let deadline = self.now + self.config.handshake_timeout;
-        entry.insert(Connection::new(id, socket, peer, self.now, deadline));
+        entry.insert(Connection::new(id, transport, peer, self.now, deadline));
         self.set_deadline(key, deadline);
         self.stats.opened();
         trace!("conn={id} peer={peer} accepted");
         // No read here: registering reports a request that is already waiting as an event.
+    }
+}
+
+impl Server {
+    #[cfg(feature = "tls")]
+    fn tls_transport(&self, socket: TcpStream) -> Result<Transport, String> {
+        let config = self.tls.clone().ok_or("no TLS settings")?;
+        let session = crate::tls::TlsSession::new(config).map_err(|e| e.to_string())?;
+        Ok(Transport::tls(socket, session))
+    }
+
+    /// Without the `tls` feature no listener is a TLS one.
+    #[cfg(not(feature = "tls"))]
+    fn tls_transport(&self, socket: TcpStream) -> Result<Transport, String> {
+        Ok(Transport::plain(socket))
     }
 }
 

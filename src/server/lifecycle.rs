@@ -94,7 +94,9 @@ impl Server {
                     if was_empty && !conn.write_blocked {
                         // A quiet connection: send the ping now and give back the queue's
                         // memory, so an idle client costs only its connection state.
-                        let flushed = conn.outbound.flush_once(&mut self.queued, &mut conn.socket);
+                        let flushed = conn
+                            .outbound
+                            .flush_once(&mut self.queued, &mut conn.transport);
                         self.stats.bytes_sent += flushed.bytes as u64;
                         if let FlushOutcome::Blocked = flushed.outcome {
                             conn.write_blocked = true;
@@ -195,7 +197,7 @@ impl Server {
             };
             let reason = conn.close_reason.unwrap_or(CloseReason::IoError);
             conn.outbound.clear(&mut self.queued);
-            let _ = self.poll.registry().deregister(&mut conn.socket);
+            let _ = self.poll.registry().deregister(conn.transport.socket());
             self.stats.connections_open -= 1;
             self.stats.close(reason);
             let lived = self.now.saturating_duration_since(conn.opened_at);

@@ -57,6 +57,8 @@ use read_schedule::ReadSchedule;
 use timers::{ConnectionTimers, LoopDeadlines};
 
 const LISTENER: Token = Token(usize::MAX - 1);
+/// The second listener of `--tls-port`.
+const TLS_LISTENER: Token = Token(usize::MAX - 6);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 const REDIS_SUBSCRIBE: Token = Token(usize::MAX - 4);
@@ -75,6 +77,8 @@ pub enum ServerError {
     Assets(AssetError),
     Poll(io::Error),
     Signals(io::Error),
+    #[cfg(feature = "tls")]
+    Tls(crate::tls::TlsError),
 }
 
 impl fmt::Display for ServerError {
@@ -86,6 +90,8 @@ impl fmt::Display for ServerError {
             ServerError::Assets(e) => write!(f, "{e}"),
             ServerError::Poll(e) => write!(f, "event loop failure: {e}"),
             ServerError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            #[cfg(feature = "tls")]
+            ServerError::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -109,10 +115,22 @@ impl ServerHandle {
     }
 }
 
+/// A listening socket and whether what it accepts speaks TLS.
+struct Listener {
+    socket: TcpListener,
+    token: Token,
+    tls: bool,
+}
+
 pub struct Server {
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// Empty once draining has begun.
+    listeners: Vec<Listener>,
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    /// The TLS settings new handshakes use (replaced on SIGHUP; open sessions keep theirs).
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
     connections: Slab<Connection>,
     rooms: Rooms,
     config: Config,
@@ -184,20 +202,62 @@ impl Server {
         } else {
             None
         };
-        let mut listener = match activated {
-            Some(std_listener) => TcpListener::from_std(std_listener),
-            None => {
-                let address = SocketAddr::new(config.bind, config.port);
-                TcpListener::bind(address).map_err(|e| ServerError::Bind(address, e))?
+        #[cfg(feature = "tls")]
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::tls::load_server_config(cert, key).map_err(ServerError::Tls)?)
             }
+            _ => None,
         };
-        let local_addr = listener
-            .local_addr()
-            .map_err(|e| ServerError::Bind(SocketAddr::new(config.bind, config.port), e))?;
+        #[cfg(feature = "tls")]
+        let tls_on = tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls_on = false;
+        let bind = |port: u16| {
+            let address = SocketAddr::new(config.bind, port);
+            crate::listen::bind_listener(address, config.reuse_port)
+                .map(TcpListener::from_std)
+                .map_err(|e| ServerError::Bind(address, e))
+        };
+        let main_socket = match activated {
+            Some(std_listener) => {
+                if config.reuse_port {
+                    info!("--reuse-port is ignored: systemd passed the listening socket");
+                }
+                TcpListener::from_std(std_listener)
+            }
+            None => bind(config.port)?,
+        };
+        let mut listeners = vec![Listener {
+            socket: main_socket,
+            token: LISTENER,
+            // With `--tls-port`, the main port stays plain.
+            tls: tls_on && config.tls_port.is_none(),
+        }];
+        if let (true, Some(port)) = (tls_on, config.tls_port) {
+            listeners.push(Listener {
+                socket: bind(port)?,
+                token: TLS_LISTENER,
+                tls: true,
+            });
+        }
+        let address_of = |listener: &Listener| {
+            listener
+                .socket
+                .local_addr()
+                .map_err(|e| ServerError::Bind(SocketAddr::new(config.bind, config.port), e))
+        };
+        let local_addr = address_of(&listeners[0])?;
+        let tls_addr = match listeners.iter().find(|l| l.tls) {
+            Some(listener) => Some(address_of(listener)?),
+            None => None,
+        };
         let poll = Poll::new().map_err(ServerError::Poll)?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(ServerError::Poll)?;
+        for listener in &mut listeners {
+            poll.registry()
+                .register(&mut listener.socket, listener.token, Interest::READABLE)
+                .map_err(ServerError::Poll)?;
+        }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServerError::Poll)?);
         let now = Instant::now();
         let notifier = if config.systemd {
@@ -225,8 +285,11 @@ impl Server {
         };
         Ok(Server {
             poll,
-            listener: Some(listener),
+            listeners,
             local_addr,
+            tls_addr,
+            #[cfg(feature = "tls")]
+            tls,
             connections: Slab::new(),
             rooms: Rooms::new(HistoryLimits {
                 messages: config.history,
@@ -269,6 +332,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address that speaks TLS: the main one, or the `--tls-port` one; None without TLS.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn max_connections(&self) -> usize {
@@ -318,7 +386,7 @@ impl Server {
             let owed = self.reads.take(&mut self.connections);
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(),
+                    LISTENER | TLS_LISTENER => self.accept_all(),
                     WAKER => {}
                     SIGNALS => self.on_signals(),
                     REDIS_SUBSCRIBE | REDIS_PUBLISH => {
@@ -398,7 +466,7 @@ impl read_schedule::ReadTable for Slab<Connection> {
 
 /// Puts a connection on the dirty list once per pass.
 fn mark_dirty(dirty: &mut Vec<usize>, key: usize, conn: &mut Connection) {
-    if !conn.dirty && !conn.outbound.is_empty() {
+    if !conn.dirty && (!conn.outbound.is_empty() || conn.transport.has_pending_output()) {
         conn.dirty = true;
         dirty.push(key);
     }

@@ -207,7 +207,9 @@ impl Server {
             // before its flush: write now what the socket takes before judging a member slow
             // (one pass may read a burst larger than the budget from one sender).
             if recipient.outbound.len() + frame.len() > budget && !recipient.write_blocked {
-                let flushed = recipient.outbound.flush_once(queued, &mut recipient.socket);
+                let flushed = recipient
+                    .outbound
+                    .flush_once(queued, &mut recipient.transport);
                 stats.bytes_sent += flushed.bytes as u64;
                 match flushed.outcome {
                     FlushOutcome::Open => {}

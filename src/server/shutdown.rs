@@ -47,8 +47,11 @@ impl Server {
         }
     }
 
-    /// SIGHUP: reload `--static-dir` (the only thing read from disk); nothing else.
+    /// SIGHUP: reload `--static-dir` and the TLS certificate and key (the only things read
+    /// from disk); nothing else.
     fn reload(&mut self) {
+        #[cfg(feature = "tls")]
+        self.reload_tls();
         match &self.config.page {
             PageSource::Dir(dir) => match Assets::load_dir(dir) {
                 Ok(assets) => {
@@ -65,14 +68,32 @@ impl Server {
         }
     }
 
+    /// SIGHUP with TLS: new handshakes use the new pair; open sessions keep the old one (it
+    /// lives as long as they do). A pair that fails to load keeps the current one.
+    #[cfg(feature = "tls")]
+    fn reload_tls(&mut self) {
+        let (Some(cert), Some(key), Some(_)) =
+            (&self.config.tls_cert, &self.config.tls_key, &self.tls)
+        else {
+            return;
+        };
+        match crate::tls::load_server_config(cert, key) {
+            Ok(config) => {
+                info!("SIGHUP: reloaded the TLS certificate {}", cert.display());
+                self.tls = Some(config);
+            }
+            Err(e) => warn!("SIGHUP: keeping the current TLS certificate: {e}"),
+        }
+    }
+
     /// Stops accepting and says goodbye: Close 1001 to every WebSocket, HTTP exchanges finish.
     pub(super) fn begin_drain(&mut self) {
         self.deadlines.drain = Some(self.now + self.config.drain_timeout);
         if let Some(notifier) = &self.notifier {
             notifier.notify("STOPPING=1");
         }
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        for mut listener in std::mem::take(&mut self.listeners) {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
         }
         info!("draining {} connections", self.connections.len());
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();

@@ -7,12 +7,11 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use log::info;
-use mio::net::TcpStream;
 
 use super::relay::encode_frame;
 use super::{Server, mark_dirty};
 use crate::config::OriginPolicy;
-use crate::connection::{CloseReason, Phase, WsRead};
+use crate::connection::{CloseReason, Phase, Transport, WsRead};
 use crate::http::{self, Method, Request, Response, Status};
 use crate::message::MessageKind;
 use crate::protocol_v1::{self, Delivery, Params, V1Error};
@@ -184,7 +183,7 @@ impl Server {
         };
         // A fresh socket takes the 101 at once; writing it now, not through the queue, keeps
         // an idle connection from holding queue memory it will not use again.
-        let sent = write_now(&mut conn.socket, &response);
+        let sent = write_now(&mut conn.transport, &response);
         self.stats.bytes_sent += sent as u64;
         if sent < response.len() {
             conn.outbound
@@ -372,9 +371,9 @@ fn frame_payload(frame: &[u8]) -> &[u8] {
 }
 
 /// Writes what the socket takes right now, without queueing; returns how many bytes went.
-fn write_now(socket: &mut TcpStream, bytes: &[u8]) -> usize {
+fn write_now(transport: &mut Transport, bytes: &[u8]) -> usize {
     loop {
-        match socket.write(bytes) {
+        match transport.write(bytes) {
             Ok(n) => return n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return 0,

@@ -82,7 +82,22 @@ impl Server {
             if conn.write_blocked {
                 continue;
             }
-            let flushed = conn.outbound.flush_once(&mut self.queued, &mut conn.socket);
+            // Bytes the transport holds (TLS records the socket refused) go before the queue.
+            match conn.transport.flush_pending() {
+                Ok(true) => {}
+                Ok(false) => {
+                    conn.write_blocked = true;
+                    continue;
+                }
+                Err(e) => {
+                    trace!("conn={} write failed: {e}", conn.id);
+                    self.doom(key, CloseReason::ClientGone);
+                    continue;
+                }
+            }
+            let flushed = conn
+                .outbound
+                .flush_once(&mut self.queued, &mut conn.transport);
             self.stats.bytes_sent += flushed.bytes as u64;
             match flushed.outcome {
                 FlushOutcome::Open => {}
@@ -93,7 +108,10 @@ impl Server {
                     continue;
                 }
             }
-            if conn.outbound.is_empty() && matches!(conn.phase, Phase::Closing { .. }) {
+            if conn.outbound.is_empty()
+                && !conn.transport.has_pending_output()
+                && matches!(conn.phase, Phase::Closing { .. })
+            {
                 self.progress_closing(key);
             }
             // A read held back until the queue drained (a pipelined request, a client over its

@@ -4,10 +4,9 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use mio::net::TcpStream;
 use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
@@ -19,7 +18,9 @@ use crate::room::RoomKey;
 use crate::server::read_schedule::ReadFlags;
 use crate::server::timers::ConnectionTimer;
 
+mod transport;
 mod utf8_guard;
+pub use transport::Transport;
 use utf8_guard::{InvalidUtf8Early, Utf8Guard};
 
 /// Size of the loop's one read buffer, shared by every connection in turn.
@@ -185,14 +186,14 @@ impl ReadScratch {
 
     /// Reads at most `max` bytes from the socket once, retrying `Interrupted`. `Ok(0)` is end
     /// of stream.
-    fn fill(&mut self, socket: &mut TcpStream, max: usize) -> io::Result<usize> {
+    fn fill(&mut self, transport: &mut Transport, max: usize) -> io::Result<usize> {
         if self.budget == 0 {
             self.budget_exhausted = true;
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let room = self.buffer.len().min(self.budget).min(max);
         loop {
-            match socket.read(&mut self.buffer[..room]) {
+            match transport.read(&mut self.buffer[..room]) {
                 Ok(n) => {
                     self.start = 0;
                     self.end = n;
@@ -211,14 +212,14 @@ impl ReadScratch {
     /// are handed on, and the read after them fails with `InvalidUtf8Early`.
     fn read_into(
         &mut self,
-        socket: &mut TcpStream,
+        transport: &mut Transport,
         out: &mut [u8],
         guard: &mut Utf8Guard,
     ) -> io::Result<usize> {
         if guard.failed() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8Early));
         }
-        if self.start == self.end && self.fill(socket, usize::MAX)? == 0 {
+        if self.start == self.end && self.fill(transport, usize::MAX)? == 0 {
             return Ok(0);
         }
         let n = out.len().min(self.end - self.start);
@@ -236,7 +237,7 @@ impl ReadScratch {
 /// socket) through the connection's UTF-8 guard, writes go into the connection's outbound
 /// queue and never block. The loop flushes the queue to the socket once per pass.
 struct LoopStream<'a> {
-    socket: &'a mut TcpStream,
+    transport: &'a mut Transport,
     scratch: &'a mut ReadScratch,
     outbound: &'a mut Outbound,
     queued_total: &'a mut QueuedTotal,
@@ -245,7 +246,7 @@ struct LoopStream<'a> {
 
 impl Read for LoopStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.scratch.read_into(self.socket, buf, self.guard)
+        self.scratch.read_into(self.transport, buf, self.guard)
     }
 }
 
@@ -304,7 +305,8 @@ pub struct Connection {
     /// Monotonic, never reused (unlike the slab key): names the connection in every log line.
     pub id: u64,
     pub peer: SocketAddr,
-    pub socket: TcpStream,
+    /// The socket, plain or through TLS.
+    pub transport: Transport,
     pub opened_at: Instant,
     pub phase: Phase,
     pub outbound: Outbound,
@@ -331,7 +333,7 @@ pub struct Connection {
 impl Connection {
     pub fn new(
         id: u64,
-        socket: TcpStream,
+        transport: Transport,
         peer: SocketAddr,
         now: Instant,
         deadline: Instant,
@@ -339,7 +341,7 @@ impl Connection {
         Connection {
             id,
             peer,
-            socket,
+            transport,
             opened_at: now,
             phase: Phase::Http { head: Vec::new() },
             outbound: Outbound::default(),
@@ -382,7 +384,7 @@ impl Connection {
             return Ok(true);
         };
         while head.len() < limit {
-            match scratch.fill(&mut self.socket, limit - head.len()) {
+            match scratch.fill(&mut self.transport, limit - head.len()) {
                 Ok(0) => return Ok(false),
                 Ok(_) => {
                     head.extend_from_slice(scratch.pending());
@@ -430,7 +432,7 @@ impl Connection {
         };
         let before = scratch.bytes_read;
         let mut stream = LoopStream {
-            socket: &mut self.socket,
+            transport: &mut self.transport,
             scratch,
             outbound: &mut self.outbound,
             queued_total,
@@ -479,7 +481,7 @@ impl Connection {
             self.outbound.drop_unstarted_messages(queued_total, 0);
         }
         let mut stream = LoopStream {
-            socket: &mut self.socket,
+            transport: &mut self.transport,
             scratch,
             outbound: &mut self.outbound,
             queued_total,
@@ -494,7 +496,7 @@ impl Connection {
             return;
         };
         let mut stream = LoopStream {
-            socket: &mut self.socket,
+            transport: &mut self.transport,
             scratch,
             outbound: &mut self.outbound,
             queued_total,
@@ -521,8 +523,7 @@ impl Connection {
     pub fn shut_write_when_flushed(&mut self) -> bool {
         if let Phase::Closing { write_shut } = &mut self.phase {
             if !*write_shut && self.outbound.is_empty() {
-                let _ = self.socket.shutdown(Shutdown::Write);
-                *write_shut = true;
+                *write_shut = self.transport.shutdown_write();
             }
             return *write_shut;
         }
@@ -536,7 +537,7 @@ impl Connection {
         let mut discard = [0u8; 4096];
         // Bounded like any read: a peer that keeps sending is cut off by the close deadline.
         for _ in 0..64 {
-            match self.socket.read(&mut discard) {
+            match self.transport.discard_input(&mut discard) {
                 Ok(0) => return true,
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
