@@ -6,6 +6,7 @@
 //! and only in rooms that have such members; their presence frames are sent from here too.
 
 use bytes::Bytes;
+use log::debug;
 use tungstenite::protocol::Message;
 
 use super::{Server, mark_dirty};
@@ -278,6 +279,10 @@ impl Server {
             let Some(text) = self.rooms.get_mut(room).and_then(|r| r.take_presence()) else {
                 continue;
             };
+            if let Some(entry) = self.rooms.get(room) {
+                // At most a few per second per room (coalesced), so the log can say it.
+                debug!("room={} presence {}", entry.name, text);
+            }
             let frame = encode_frame(MessageKind::Text.opcode(), text.as_bytes());
             self.queue_to_members(room, None, Some(&frame), None);
         }
