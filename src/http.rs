@@ -20,6 +20,7 @@ pub enum Status {
     Forbidden,
     NotFound,
     MethodNotAllowed,
+    Conflict,
     UpgradeRequired,
     HeadTooLarge,
     ServiceUnavailable,
@@ -36,6 +37,7 @@ impl Status {
             Status::Forbidden => 403,
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
+            Status::Conflict => 409,
             Status::UpgradeRequired => 426,
             Status::HeadTooLarge => 431,
             Status::ServiceUnavailable => 503,
@@ -52,6 +54,7 @@ impl Status {
             Status::Forbidden => "Forbidden",
             Status::NotFound => "Not Found",
             Status::MethodNotAllowed => "Method Not Allowed",
+            Status::Conflict => "Conflict",
             Status::UpgradeRequired => "Upgrade Required",
             Status::HeadTooLarge => "Request Header Fields Too Large",
             Status::ServiceUnavailable => "Service Unavailable",
@@ -121,6 +124,10 @@ pub struct Request {
     pub method: Method,
     /// The path without query or fragment, as sent (no decoding: rooms are raw paths).
     pub path: String,
+    /// What followed the first `?` of the target (without the fragment), if anything did.
+    pub query: Option<String>,
+    /// Every `Sec-WebSocket-Protocol` value, joined by commas (RFC 9110 5.3).
+    pub protocols: Option<String>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     pub keep_alive: bool,
@@ -177,7 +184,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
     if !target.starts_with('/') {
         return Err(HttpError::Malformed("the target must be an absolute path"));
     }
-    let path = target.split(['?', '#']).next().unwrap_or("/").to_string();
+    let without_fragment = target.split('#').next().unwrap_or("/");
+    let (path, query) = match without_fragment.split_once('?') {
+        Some((path, query)) => (path.to_string(), Some(query.to_string())),
+        None => (without_fragment.to_string(), None),
+    };
+    let mut protocols: Option<String> = None;
 
     let mut host = None;
     let mut origin = None;
@@ -211,6 +223,14 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
                 .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             ws_key = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            match &mut protocols {
+                Some(all) => {
+                    all.push(',');
+                    all.push_str(value);
+                }
+                None => protocols = Some(value.to_string()),
+            }
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             ws_version = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("transfer-encoding")
@@ -255,6 +275,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
         Request {
             method,
             path,
+            query,
+            protocols,
             minor_version,
             keep_alive,
             host,
@@ -443,13 +465,17 @@ impl ResponseHead {
 }
 
 /// The 101 that completes the WebSocket opening handshake.
-pub fn switching_protocols(key: &str) -> Vec<u8> {
+pub fn switching_protocols(key: &str, protocol: Option<&str>) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    ResponseHead::new(Status::SwitchingProtocols)
+    let mut head = ResponseHead::new(Status::SwitchingProtocols)
         .header("Upgrade", "websocket")
         .header("Connection", "Upgrade")
-        .header("Sec-WebSocket-Accept", &accept)
-        .finish(None, true)
+        .header("Sec-WebSocket-Accept", &accept);
+    if let Some(protocol) = protocol {
+        // RFC 6455 4.2.2: the one subprotocol selected from the client's offer.
+        head = head.header("Sec-WebSocket-Protocol", protocol);
+    }
+    head.finish(None, true)
 }
 
 /// One HTTP response: a head and, for most statuses, a body. It owns the rule for what goes
@@ -568,6 +594,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_query_and_the_subprotocol_offer_are_kept() {
+        let request = complete(
+            "GET /room?since=1:2&name=a#frag HTTP/1.1\r\nHost: x\r\n\
+             Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: wschat.v1\r\n\r\n",
+        );
+        assert_eq!(request.path, "/room");
+        assert_eq!(request.query.as_deref(), Some("since=1:2&name=a"));
+        assert_eq!(request.protocols.as_deref(), Some("chat,wschat.v1"));
+        let plain = complete("GET /room HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!((plain.query, plain.protocols), (None, None));
+    }
+
+    #[test]
+    fn the_101_names_the_selected_subprotocol_only_when_there_is_one() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let v1 = String::from_utf8(switching_protocols(key, Some("wschat.v1"))).unwrap();
+        assert!(v1.contains("Sec-WebSocket-Protocol: wschat.v1\r\n"));
+        let raw = String::from_utf8(switching_protocols(key, None)).unwrap();
+        assert!(!raw.contains("Sec-WebSocket-Protocol"));
+    }
+
     fn no_assets(_: &str) -> bool {
         false
     }
@@ -614,7 +662,8 @@ mod tests {
 
     #[test]
     fn the_accept_key_matches_the_rfc_example() {
-        let response = String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
+        let response =
+            String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
         assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }

@@ -19,6 +19,8 @@ mod listen;
 pub mod memory;
 mod message;
 mod outbound;
+/// Public for its documentation and the integration tests' decoding of frames.
+pub mod protocol_v1;
 mod rate;
 pub mod redis;
 mod resolve;

@@ -5,11 +5,74 @@
 //! sockets: the loop looks members up and queues frames to them. Nothing here assumes every
 //! member is local, so a shared bus can later feed a room as one more source of messages.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use slab::Slab;
+
+use crate::protocol_v1::{self, From, Since, V1Error};
+
+/// Names a presence frame lists at most per direction; the rest are counted in `more`.
+pub const PRESENCE_NAMES_MAX: usize = 16;
+
+/// Who sent a remembered message, as `wschat.v1` members are told.
+#[derive(Debug, Clone)]
+pub enum Sender {
+    Named(Arc<str>),
+    /// A member that does not speak `wschat.v1`, by connection id (no name is stored).
+    Guest(u64),
+    /// Another node of the cluster.
+    Remote,
+}
+
+impl Sender {
+    pub fn as_from(&self) -> From<'_> {
+        match self {
+            Sender::Named(name) => From::Named(name),
+            Sender::Guest(id) => From::Guest(*id),
+            Sender::Remote => From::Remote,
+        }
+    }
+}
+
+/// One remembered message: its encoded raw frame (what raw late joiners get, byte-exact) and
+/// what `wschat.v1` members are told about it.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub from: Sender,
+    pub frame: Bytes,
+}
+
+/// A member that speaks `wschat.v1`: its display name and its reconnect key.
+#[derive(Debug, Clone)]
+pub struct NamedMember {
+    pub name: Arc<str>,
+    pub key: Option<Box<str>>,
+}
+
+/// Joins and leaves not yet told to the room's `wschat.v1` members (coalesced by the loop's
+/// presence timer).
+#[derive(Debug, Default)]
+struct PresenceNews {
+    pending: bool,
+    joined: Vec<Arc<str>>,
+    left: Vec<Arc<str>>,
+    more: usize,
+}
+
+/// What a reconnecting member is sent: `missed` (Some(None): an unknown number, the epoch
+/// differs), then the history entries from index `skip` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    pub missed: Option<Option<u64>>,
+    pub skip: usize,
+}
 
 /// A room's key in the room table. Stable while the room exists.
 pub type RoomKey = usize;
@@ -18,11 +81,19 @@ pub struct Room {
     pub name: Box<str>,
     /// Connection keys, in join order (swap-removed on leave).
     members: Vec<usize>,
-    /// Encoded server frames of the last messages, oldest first.
-    history: VecDeque<Bytes>,
+    /// The last messages, oldest first.
+    history: VecDeque<HistoryEntry>,
     history_bytes: usize,
     /// When the last member left (for history expiry).
     pub emptied_at: Option<Instant>,
+    /// Random when the room is created: a sequence number means nothing in another epoch
+    /// (another process, another node, a room that was gone and came back).
+    pub epoch: u64,
+    /// The sequence number of the room's last message (0: none yet).
+    pub last_seq: u64,
+    /// The members that speak `wschat.v1`, by connection key (raw members have no entry).
+    named: HashMap<usize, NamedMember>,
+    presence: PresenceNews,
 }
 
 impl Room {
@@ -30,8 +101,98 @@ impl Room {
         &self.members
     }
 
-    pub fn history(&self) -> impl Iterator<Item = &Bytes> {
+    pub fn history(&self) -> impl Iterator<Item = &HistoryEntry> {
         self.history.iter()
+    }
+
+    /// How many members speak `wschat.v1`: fan-out encodes their frame only when this is not 0.
+    pub fn v1_members(&self) -> usize {
+        self.named.len()
+    }
+
+    /// A `wschat.v1` member's name.
+    pub fn name_of(&self, member: usize) -> Option<&Arc<str>> {
+        self.named.get(&member).map(|m| &m.name)
+    }
+
+    /// Takes the next sequence number. Called once per message relayed in this room.
+    pub fn next_seq(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
+    }
+
+    /// Whether `name` belongs to another connected member. A member reconnecting with the
+    /// key its previous connection gave may reuse the name that connection still holds
+    /// (it has not timed out yet).
+    pub fn name_taken(&self, name: &str, key: Option<&str>) -> bool {
+        self.named.values().any(|m| {
+            protocol_v1::same_name(&m.name, name) && !(key.is_some() && m.key.as_deref() == key)
+        })
+    }
+
+    /// What a member arriving with `since` is sent. Every message after `since` that history
+    /// no longer holds (trimmed, too large to keep, history off) is counted as missed.
+    pub fn recovery(&self, since: Option<Since>) -> Result<Recovery, V1Error> {
+        let Some(since) = since else {
+            // A first visit: the history, as any late joiner gets it.
+            return Ok(Recovery {
+                missed: None,
+                skip: 0,
+            });
+        };
+        if since.epoch != self.epoch {
+            return Ok(Recovery {
+                missed: Some(None),
+                skip: self.history.len(),
+            });
+        }
+        if since.seq > self.last_seq {
+            return Err(V1Error::Since("ahead of the room's last message"));
+        }
+        let skip = self.history.partition_point(|e| e.seq <= since.seq);
+        let kept = (self.history.len() - skip) as u64;
+        let missed = self.last_seq - since.seq - kept;
+        Ok(Recovery {
+            missed: (missed > 0).then_some(Some(missed)),
+            skip,
+        })
+    }
+
+    /// Notes a join or leave for the next presence frame; true if the room was not pending
+    /// yet (the caller lists it for the timer).
+    fn note_presence(&mut self, joined: Option<Arc<str>>, left: Option<Arc<str>>) -> bool {
+        if self.named.is_empty() {
+            // Nobody here speaks wschat.v1: raw rooms pay nothing for presence.
+            return false;
+        }
+        let news = &mut self.presence;
+        for (name, list) in [(joined, &mut news.joined), (left, &mut news.left)] {
+            if let Some(name) = name {
+                if list.len() < PRESENCE_NAMES_MAX {
+                    list.push(name);
+                } else {
+                    news.more += 1;
+                }
+            }
+        }
+        !std::mem::replace(&mut news.pending, true)
+    }
+
+    /// The presence frame owed to the room's `wschat.v1` members, if any (and clears it).
+    pub fn take_presence(&mut self) -> Option<String> {
+        if !self.presence.pending {
+            return None;
+        }
+        let news = std::mem::take(&mut self.presence);
+        if self.named.is_empty() {
+            return None;
+        }
+        Some(protocol_v1::presence(
+            self.members.len(),
+            &news.joined,
+            &news.left,
+            news.more,
+        ))
     }
 }
 
@@ -56,6 +217,9 @@ pub struct Rooms {
     occupied: usize,
     /// Rooms without members, by when they emptied: expiry and eviction take the oldest.
     dormant: BTreeSet<(Instant, RoomKey)>,
+    /// Seeds room epochs: random per process, so a restart never reuses one.
+    epoch_seed: RandomState,
+    rooms_created: u64,
 }
 
 /// What a join did to the room.
@@ -64,6 +228,8 @@ pub struct Joined {
     pub slot: usize,
     /// The room had no members before: a shared bus should start listening.
     pub first_member: bool,
+    /// The room owes its `wschat.v1` members a presence frame now and did not before.
+    pub presence_due: bool,
 }
 
 /// What a leave did to the room.
@@ -74,6 +240,8 @@ pub struct Left {
     pub last_member: bool,
     /// The room's name, when it has no members now.
     pub emptied: Option<Box<str>>,
+    /// The room owes its `wschat.v1` members a presence frame now and did not before.
+    pub presence_due: bool,
 }
 
 impl Rooms {
@@ -84,7 +252,20 @@ impl Rooms {
             limits,
             occupied: 0,
             dormant: BTreeSet::new(),
+            epoch_seed: RandomState::new(),
+            rooms_created: 0,
         }
+    }
+
+    pub fn get_mut(&mut self, key: RoomKey) -> Option<&mut Room> {
+        self.table.get_mut(key)
+    }
+
+    /// Whether `name` is used by another connected member of the room named `room`.
+    pub fn name_taken(&self, room: &str, name: &str, key: Option<&str>) -> bool {
+        self.key_of(room)
+            .and_then(|k| self.table.get(k))
+            .is_some_and(|r| r.name_taken(name, key))
     }
 
     /// Rooms that have members now.
@@ -100,8 +281,9 @@ impl Rooms {
         self.by_name.get(name).copied()
     }
 
-    /// Adds a member to the room named `name`, creating the room if needed.
-    pub fn join(&mut self, name: &str, member: usize) -> Joined {
+    /// Adds a member to the room named `name`, creating the room if needed; `named` for a
+    /// member that speaks `wschat.v1`.
+    pub fn join(&mut self, name: &str, member: usize, named: Option<NamedMember>) -> Joined {
         let room = match self.by_name.get(name) {
             Some(&key) => key,
             None => {
@@ -114,7 +296,16 @@ impl Rooms {
                     history: VecDeque::new(),
                     history_bytes: 0,
                     emptied_at: None,
+                    epoch: {
+                        let mut hasher = self.epoch_seed.build_hasher();
+                        hasher.write_u64(self.rooms_created);
+                        hasher.finish()
+                    },
+                    last_seq: 0,
+                    named: HashMap::new(),
+                    presence: PresenceNews::default(),
                 });
+                self.rooms_created += 1;
                 self.by_name.insert(name.into(), key);
                 key
             }
@@ -128,10 +319,16 @@ impl Rooms {
             self.dormant.remove(&(emptied, room));
         }
         entry.members.push(member);
+        let joined_name = named.as_ref().map(|n| n.name.clone());
+        if let Some(named) = named {
+            entry.named.insert(member, named);
+        }
+        let presence_due = entry.note_presence(joined_name, None);
         Joined {
             room,
             slot: entry.members.len() - 1,
             first_member,
+            presence_due,
         }
     }
 
@@ -142,6 +339,7 @@ impl Rooms {
                 moved: None,
                 last_member: false,
                 emptied: None,
+                presence_due: false,
             };
         };
         if slot >= entry.members.len() {
@@ -149,9 +347,13 @@ impl Rooms {
                 moved: None,
                 last_member: false,
                 emptied: None,
+                presence_due: false,
             };
         }
-        entry.members.swap_remove(slot);
+        let member = entry.members.swap_remove(slot);
+        let left_name = entry.named.remove(&member).map(|n| n.name);
+        // Counted even when a raw member leaves: the count changes for everyone.
+        let presence_due = entry.note_presence(None, left_name);
         let moved = entry.members.get(slot).copied();
         let last_member = entry.members.is_empty();
         let emptied = last_member.then(|| entry.name.clone());
@@ -170,24 +372,25 @@ impl Rooms {
             moved,
             last_member,
             emptied,
+            presence_due,
         }
     }
 
-    /// Remembers an encoded frame for late joiners, within the message and byte bounds.
-    /// `frame` must be an owned copy: a slice of a client's read buffer would pin it.
-    pub fn remember(&mut self, room: RoomKey, frame: Bytes) {
+    /// Remembers a message for late joiners, within the message and byte bounds. Its frame
+    /// must be an owned copy: a slice of a client's read buffer would pin it.
+    pub fn remember(&mut self, room: RoomKey, message: HistoryEntry) {
         let limits = self.limits;
-        if limits.messages == 0 || frame.len() > limits.bytes {
+        if limits.messages == 0 || message.frame.len() > limits.bytes {
             return;
         }
         let Some(entry) = self.table.get_mut(room) else {
             return;
         };
-        entry.history_bytes += frame.len();
-        entry.history.push_back(frame);
+        entry.history_bytes += message.frame.len();
+        entry.history.push_back(message);
         while entry.history.len() > limits.messages || entry.history_bytes > limits.bytes {
             match entry.history.pop_front() {
-                Some(old) => entry.history_bytes -= old.len(),
+                Some(old) => entry.history_bytes -= old.frame.len(),
                 None => break,
             }
         }
@@ -206,8 +409,8 @@ impl Rooms {
             while freed < bytes {
                 match room.history.pop_front() {
                     Some(old) => {
-                        room.history_bytes -= old.len();
-                        freed += old.len();
+                        room.history_bytes -= old.frame.len();
+                        freed += old.frame.len();
                     }
                     None => break,
                 }
@@ -253,6 +456,22 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn entry(seq: u64, frame: Bytes) -> HistoryEntry {
+        HistoryEntry {
+            seq,
+            ts_ms: 0,
+            from: Sender::Remote,
+            frame,
+        }
+    }
+
+    fn named(name: &str, key: Option<&str>) -> Option<NamedMember> {
+        Some(NamedMember {
+            name: name.into(),
+            key: key.map(Into::into),
+        })
+    }
+
     fn rooms(messages: usize, bytes: usize) -> Rooms {
         Rooms::new(HistoryLimits {
             messages,
@@ -265,10 +484,10 @@ mod tests {
     fn join_and_leave_keep_slots_consistent() {
         let mut rooms = rooms(0, 0);
         let now = Instant::now();
-        let a = rooms.join("/x", 10);
+        let a = rooms.join("/x", 10, None);
         assert!(a.first_member);
-        let b = rooms.join("/x", 11);
-        let c = rooms.join("/x", 12);
+        let b = rooms.join("/x", 11, None);
+        let c = rooms.join("/x", 12, None);
         assert_eq!((a.slot, b.slot, c.slot), (0, 1, 2));
         let left = rooms.leave(a.room, a.slot, now);
         assert_eq!(left.moved, Some(12));
@@ -288,18 +507,23 @@ mod tests {
     #[test]
     fn history_is_bounded_by_count_and_bytes() {
         let mut rooms = rooms(3, 10);
-        let j = rooms.join("/h", 1);
+        let j = rooms.join("/h", 1, None);
         for i in 0..5u8 {
-            rooms.remember(j.room, Bytes::from(vec![i; 2]));
+            rooms.remember(j.room, entry(0, Bytes::from(vec![i; 2])));
         }
-        let kept: Vec<u8> = rooms.get(j.room).unwrap().history().map(|f| f[0]).collect();
+        let kept: Vec<u8> = rooms
+            .get(j.room)
+            .unwrap()
+            .history()
+            .map(|f| f.frame[0])
+            .collect();
         assert_eq!(kept, vec![2, 3, 4]);
-        rooms.remember(j.room, Bytes::from(vec![9; 8]));
+        rooms.remember(j.room, entry(0, Bytes::from(vec![9; 8])));
         let kept: Vec<usize> = rooms
             .get(j.room)
             .unwrap()
             .history()
-            .map(|f| f.len())
+            .map(|f| f.frame.len())
             .collect();
         assert_eq!(kept, vec![2, 8], "byte bound drops the oldest");
     }
@@ -307,13 +531,18 @@ mod tests {
     #[test]
     fn history_is_trimmed_oldest_first_on_demand() {
         let mut rooms = rooms(10, 1000);
-        let j = rooms.join("/t", 1);
+        let j = rooms.join("/t", 1, None);
         for i in 0..5u8 {
-            rooms.remember(j.room, Bytes::from(vec![i; 10]));
+            rooms.remember(j.room, entry(0, Bytes::from(vec![i; 10])));
         }
         assert_eq!(rooms.history_bytes(), 50);
         assert_eq!(rooms.trim_history(15), 20, "whole entries go");
-        let kept: Vec<u8> = rooms.get(j.room).unwrap().history().map(|f| f[0]).collect();
+        let kept: Vec<u8> = rooms
+            .get(j.room)
+            .unwrap()
+            .history()
+            .map(|f| f.frame[0])
+            .collect();
         assert_eq!(kept, vec![2, 3, 4]);
         assert_eq!(rooms.history_bytes(), 30);
         assert_eq!(rooms.trim_history(1000), 30);
@@ -329,17 +558,17 @@ mod tests {
         });
         let start = Instant::now();
         for (i, name) in ["/a", "/b"].into_iter().enumerate() {
-            let j = rooms.join(name, i);
-            rooms.remember(j.room, Bytes::from_static(b"x"));
+            let j = rooms.join(name, i, None);
+            rooms.remember(j.room, entry(0, Bytes::from_static(b"x")));
             rooms.leave(j.room, j.slot, start + Duration::from_secs(i as u64));
         }
         assert_eq!(rooms.dormant(), 2);
-        rooms.join("/c", 9);
+        rooms.join("/c", 9, None);
         assert_eq!(rooms.key_of("/a"), None, "the longest dormant went");
         assert!(rooms.key_of("/b").is_some());
         assert_eq!(rooms.dormant(), 1);
         // A room revived by a join is no longer dormant: expiry leaves it alone.
-        let b = rooms.join("/b", 10);
+        let b = rooms.join("/b", 10, None);
         assert_eq!(
             rooms.expire_history(start + Duration::from_secs(99), Duration::ZERO),
             None
@@ -351,8 +580,8 @@ mod tests {
     fn history_outlives_members_until_the_ttl() {
         let mut rooms = rooms(10, 1000);
         let start = Instant::now();
-        let j = rooms.join("/h", 1);
-        rooms.remember(j.room, Bytes::from_static(b"hi"));
+        let j = rooms.join("/h", 1, None);
+        rooms.remember(j.room, entry(0, Bytes::from_static(b"hi")));
         rooms.leave(j.room, j.slot, start);
         assert_eq!(rooms.key_of("/h"), Some(j.room));
         assert_eq!(rooms.dormant(), 1);
@@ -363,5 +592,129 @@ mod tests {
         );
         assert_eq!(rooms.expire_history(start + ttl, ttl), None);
         assert_eq!(rooms.key_of("/h"), None);
+    }
+
+    /// Relays `n` messages into a room the way the loop does: a sequence each, remembered.
+    fn say(rooms: &mut Rooms, room: RoomKey, n: usize) {
+        for _ in 0..n {
+            let seq = rooms.get_mut(room).unwrap().next_seq();
+            rooms.remember(room, entry(seq, Bytes::from_static(b"xx")));
+        }
+    }
+
+    #[test]
+    fn recovery_sends_exactly_what_follows_since_or_counts_what_is_gone() {
+        let mut rooms = rooms(3, 1000);
+        let j = rooms.join("/r", 1, None);
+        say(&mut rooms, j.room, 5);
+        let room = rooms.get(j.room).unwrap();
+        let epoch = room.epoch;
+        let since = |seq| Some(Since { epoch, seq });
+        assert_eq!(
+            room.recovery(None).unwrap(),
+            Recovery {
+                missed: None,
+                skip: 0
+            }
+        );
+        // History holds 3, 4, 5.
+        assert_eq!(
+            room.recovery(since(3)).unwrap(),
+            Recovery {
+                missed: None,
+                skip: 1
+            }
+        );
+        assert_eq!(
+            room.recovery(since(5)).unwrap(),
+            Recovery {
+                missed: None,
+                skip: 3
+            }
+        );
+        assert_eq!(
+            room.recovery(since(0)).unwrap(),
+            Recovery {
+                missed: Some(Some(2)),
+                skip: 0
+            }
+        );
+        assert!(room.recovery(since(6)).is_err(), "ahead of the room");
+        assert_eq!(
+            room.recovery(Some(Since {
+                epoch: epoch ^ 1,
+                seq: 2
+            }))
+            .unwrap(),
+            Recovery {
+                missed: Some(None),
+                skip: 3
+            }
+        );
+    }
+
+    #[test]
+    fn without_history_every_message_after_since_is_missed() {
+        let mut rooms = rooms(0, 0);
+        let j = rooms.join("/r", 1, None);
+        say(&mut rooms, j.room, 4);
+        let room = rooms.get(j.room).unwrap();
+        let since = Some(Since {
+            epoch: room.epoch,
+            seq: 1,
+        });
+        assert_eq!(
+            room.recovery(since).unwrap(),
+            Recovery {
+                missed: Some(Some(3)),
+                skip: 0
+            }
+        );
+    }
+
+    #[test]
+    fn epochs_differ_between_rooms() {
+        let mut rooms = rooms(0, 0);
+        let a = rooms.join("/a", 1, None);
+        let b = rooms.join("/b", 2, None);
+        assert_ne!(
+            rooms.get(a.room).unwrap().epoch,
+            rooms.get(b.room).unwrap().epoch
+        );
+    }
+
+    #[test]
+    fn names_are_unique_per_room_unless_the_key_matches() {
+        let mut rooms = rooms(0, 0);
+        rooms.join("/n", 1, named("Ana", Some("k1")));
+        assert!(rooms.name_taken("/n", "ana", None));
+        assert!(rooms.name_taken("/n", "ANA", Some("k2")));
+        assert!(
+            !rooms.name_taken("/n", "Ana", Some("k1")),
+            "the same session reconnecting"
+        );
+        assert!(!rooms.name_taken("/other", "Ana", None));
+        assert!(!rooms.name_taken("/n", "Bob", None));
+    }
+
+    #[test]
+    fn presence_is_coalesced_and_raw_rooms_owe_none() {
+        let now = Instant::now();
+        let mut rooms = rooms(0, 0);
+        let raw = rooms.join("/p", 1, None);
+        assert!(!raw.presence_due, "no wschat.v1 member: nothing to tell");
+        let a = rooms.join("/p", 2, named("a", None));
+        assert!(a.presence_due);
+        let b = rooms.join("/p", 3, named("b", None));
+        assert!(!b.presence_due, "already pending");
+        let left = rooms.leave(a.room, a.slot, now);
+        assert!(!left.presence_due);
+        let frame = rooms.get_mut(a.room).unwrap().take_presence().unwrap();
+        assert_eq!(
+            frame,
+            r#"{"t":"presence","count":2,"joined":["a","b"],"left":["a"]}"#
+        );
+        assert_eq!(rooms.get_mut(a.room).unwrap().take_presence(), None);
+        assert_eq!(rooms.get(a.room).unwrap().v1_members(), 1);
     }
 }

@@ -6,6 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use wschat::config::{MAX_HEAD_SIZE, MAX_ROOM_NAME};
 use wschat::http::{self, Head, Route};
+use wschat::protocol_v1;
 
 fuzz_target!(|data: &[u8]| {
     match http::parse_head(data) {
@@ -20,8 +21,17 @@ fuzz_target!(|data: &[u8]| {
                 let _ = http::origin_matches_host(origin, host);
             }
             if let Some(upgrade) = &request.upgrade {
-                let response = http::switching_protocols(&upgrade.key);
+                let response = http::switching_protocols(&upgrade.key, None);
                 assert!(response.starts_with(b"HTTP/1.1 101 "));
+            }
+            // The wschat.v1 parameters come from the same head: refused or parsed, no panic.
+            let _ = protocol_v1::offered(request.protocols.as_deref());
+            if let Some(query) = &request.query {
+                if let Ok(params) = protocol_v1::parse_query(query) {
+                    if let Some(name) = &params.name {
+                        assert!(protocol_v1::validate_name(name).is_ok(), "a parsed name is valid");
+                    }
+                }
             }
             for is_asset in [false, true] {
                 match http::route(&request, |path| is_asset && path.ends_with(".js")) {

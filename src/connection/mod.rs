@@ -340,6 +340,10 @@ pub struct Connection {
     pub upgraded: bool,
     /// Not read while the process is near its memory ceiling (it holds partial input).
     pub memory_paused: bool,
+    /// It speaks `wschat.v1` (docs/protocol.md). Kept here, beside the other flags fan-out
+    /// reads per delivery, not behind the WebSocket state's pointer; it fits their padding,
+    /// so a raw member costs nothing more. Its name lives in its room.
+    pub v1: bool,
 }
 
 impl Connection {
@@ -364,6 +368,7 @@ impl Connection {
             reads: ReadFlags::default(),
             close_reason: None,
             upgraded: false,
+            v1: false,
             memory_paused: false,
         }
     }

@@ -54,6 +54,10 @@ impl Server {
             self.stats_at_last_line = self.stats.clone();
             self.deadlines.stats = Some(now + every);
         }
+        if is_due(self.deadlines.presence, now) {
+            self.deadlines.presence = None;
+            self.send_presence();
+        }
         if is_due(self.deadlines.history_expiry, now) {
             self.deadlines.history_expiry = self.rooms.expire_history(now, self.config.history_ttl);
         }

@@ -178,6 +178,11 @@ pub struct Server {
     ceiling_source: String,
     /// New sockets are being refused at the connection cap (logged once per episode).
     refusing_at_cap: bool,
+    /// Rooms that owe their `wschat.v1` members a presence frame at `deadlines.presence`.
+    presence_rooms: Vec<crate::room::RoomKey>,
+    /// Wall-clock milliseconds at `started`: message times are derived from the loop's
+    /// monotonic clock, with no system call per message.
+    wall_at_start_ms: u64,
 }
 
 impl Server {
@@ -343,6 +348,10 @@ impl Server {
             memory: memory::MemoryState::new(ceiling, now),
             ceiling_source,
             refusing_at_cap: false,
+            presence_rooms: Vec::new(),
+            wall_at_start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             notifier,
             config,
         })
@@ -465,6 +474,13 @@ impl Server {
         .flatten()
         .min();
         timers::poll_timeout(nearest, Instant::now())
+    }
+}
+
+impl Server {
+    /// The loop's time as milliseconds since the Unix epoch: when a message was received.
+    fn wall_ms(&self) -> u64 {
+        self.wall_at_start_ms + self.now.duration_since(self.started).as_millis() as u64
     }
 }
 

@@ -1,9 +1,12 @@
 //! Rooms and fan-out: a member's message goes to every other member of its room (and back to
 //! it with `--echo`), and once to the other nodes through Redis; messages from other nodes go
 //! to this node's members. A frame is encoded once per message and then copied (small) or
-//! shared (large) into each recipient's queue under its byte budget.
+//! shared (large) into each recipient's queue under its byte budget. Members that speak
+//! `wschat.v1` get a second frame (sequence, time, sender), also encoded once per message,
+//! and only in rooms that have such members; their presence frames are sent from here too.
 
 use bytes::Bytes;
+use log::debug;
 use tungstenite::protocol::Message;
 
 use super::{Server, mark_dirty};
@@ -11,7 +14,13 @@ use crate::config::OverRate;
 use crate::connection::CloseReason;
 use crate::message::MessageKind;
 use crate::outbound::{EncodedFrame, FlushOutcome, Offer, SHARE_THRESHOLD};
+use crate::protocol_v1::{self, Delivery};
+use crate::room::{HistoryEntry, RoomKey, Sender};
 use crate::stats::DropReason;
+
+/// Joins and leaves are told to a room's `wschat.v1` members at most this often: a storm of
+/// arrivals costs each member a few frames per second, not one per arrival.
+pub(super) const PRESENCE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Server {
     /// Takes a member out of its room (no more messages are queued to it).
@@ -25,6 +34,9 @@ impl Server {
         let room = ws.room;
         self.stats.websockets_open -= 1;
         let left = self.rooms.leave(room, slot, self.now);
+        if left.presence_due {
+            self.presence_due(room);
+        }
         if let Some(moved) = left.moved
             && let Some(ws) = self.connections.get_mut(moved).and_then(|c| c.websocket())
         {
@@ -58,8 +70,28 @@ impl Server {
             Message::Binary(data) => (MessageKind::Binary, &data[..]),
             _ => return,
         };
-        let except = if self.config.echo { None } else { Some(sender) };
-        self.fan_out(room, kind, payload, except);
+        let Some(conn) = self.connections.get(sender) else {
+            return;
+        };
+        let sender_v1 = conn.v1;
+        let from = match self.rooms.get(room).and_then(|r| r.name_of(sender)) {
+            Some(name) => Sender::Named(name.clone()),
+            None => Sender::Guest(conn.id),
+        };
+        // A wschat.v1 sender gets an ack with its sequence instead of an echo.
+        let except = if self.config.echo && !sender_v1 {
+            None
+        } else {
+            Some(sender)
+        };
+        let stamp = self.fan_out(room, kind, payload, except, from);
+        if let (true, Some((seq, ts_ms))) = (sender_v1, stamp) {
+            let ack = encode_frame(
+                MessageKind::Text.opcode(),
+                protocol_v1::ack(seq, ts_ms).as_bytes(),
+            );
+            self.offer_to(sender, &ack);
+        }
         if let (Some(redis), Some(entry)) = (self.redis.as_mut(), self.rooms.get(room)) {
             redis.publish(&entry.name, kind, payload, self.now);
         }
@@ -74,17 +106,37 @@ impl Server {
         let mut incoming = std::mem::take(&mut self.redis_incoming);
         for message in incoming.drain(..) {
             if let Some(room) = self.rooms.key_of(&message.room) {
-                self.fan_out(room, message.kind, &message.payload, None);
+                self.fan_out(room, message.kind, &message.payload, None, Sender::Remote);
             }
         }
         self.redis_incoming = incoming;
     }
 
-    /// Queues one message to every member of a room but `except`. The frame is encoded once;
-    /// each recipient gets a copy (small) or a shared reference (large) in its queue, under
-    /// its byte budget.
-    fn fan_out(&mut self, room: usize, kind: MessageKind, payload: &[u8], except: Option<usize>) {
+    /// Queues one message to every member of a room but `except`, and remembers it. The raw
+    /// frame is encoded once, and the `wschat.v1` frame once more only if the room has members
+    /// that speak it. Returns the message's sequence number and receive time.
+    fn fan_out(
+        &mut self,
+        room: RoomKey,
+        kind: MessageKind,
+        payload: &[u8],
+        except: Option<usize>,
+        from: Sender,
+    ) -> Option<(u64, u64)> {
+        let ts_ms = self.wall_ms();
+        let room_entry = self.rooms.get_mut(room)?;
+        let seq = room_entry.next_seq();
         let frame = encode_frame(kind.opcode(), payload);
+        let v1_frame = (room_entry.v1_members() > 0).then(|| {
+            let (kind, body) = protocol_v1::encode_message(&Delivery {
+                seq,
+                ts_ms,
+                from: from.as_from(),
+                kind,
+                payload,
+            });
+            encode_frame(kind.opcode(), &body)
+        });
         if self.config.history > 0 {
             // The encoded frame is a fresh buffer, never a slice of the sender's read buffer,
             // so keeping it pins nothing else.
@@ -92,8 +144,30 @@ impl Server {
                 EncodedFrame::Large(shared) => shared.clone(),
                 EncodedFrame::Small(bytes) => Bytes::copy_from_slice(bytes),
             };
-            self.rooms.remember(room, kept);
+            self.rooms.remember(
+                room,
+                HistoryEntry {
+                    seq,
+                    ts_ms,
+                    from,
+                    frame: kept,
+                },
+            );
         }
+        self.queue_to_members(room, Some(&frame), v1_frame.as_ref(), except);
+        Some((seq, ts_ms))
+    }
+
+    /// Offers frames to every member of a room but `except`: `raw` to raw members (skipped
+    /// when None), `v1` to `wschat.v1` members (they get `raw` when None). Each recipient gets
+    /// a copy (small) or a shared reference (large) in its queue, under its byte budget.
+    fn queue_to_members(
+        &mut self,
+        room: RoomKey,
+        raw: Option<&EncodedFrame>,
+        v1: Option<&EncodedFrame>,
+        except: Option<usize>,
+    ) {
         let Server {
             rooms,
             connections,
@@ -110,11 +184,6 @@ impl Server {
         let policy = config.slow_client;
         let mut slow = Vec::new();
         let mut gone = Vec::new();
-        let size = frame.len();
-        let small = match &frame {
-            EncodedFrame::Small(bytes) => Some(&bytes[..]),
-            EncodedFrame::Large(_) => None,
-        };
         // Counted once after the loop: a store through `stats` per recipient costs more than
         // the copy of a chat line.
         let mut fast_deliveries = 0u64;
@@ -131,10 +200,17 @@ impl Server {
             if recipient.close_reason.is_some() {
                 continue;
             }
+            let frame = match (v1, recipient.v1) {
+                (Some(v1), true) => v1,
+                _ => match raw {
+                    Some(raw) => raw,
+                    None => continue,
+                },
+            };
             // The common case: a small frame within the member's budget is appended, which is
             // what `offer` would do, without its policy branches.
-            if let Some(bytes) = small
-                && recipient.outbound.len() + size <= budget
+            if let EncodedFrame::Small(bytes) = frame
+                && recipient.outbound.len() + bytes.len() <= budget
             {
                 recipient.outbound.push_copy(queued, bytes);
                 fast_deliveries += 1;
@@ -158,7 +234,7 @@ impl Server {
                     }
                 }
             }
-            match recipient.outbound.offer(queued, &frame, budget, policy) {
+            match recipient.outbound.offer(queued, frame, budget, policy) {
                 Offer::Queued => stats.deliveries += 1,
                 Offer::QueuedAfterDropping(n) => {
                     stats.deliveries += 1;
@@ -176,6 +252,57 @@ impl Server {
         for member in gone {
             self.doom(member, CloseReason::ClientGone);
         }
+    }
+
+    /// Offers one frame to one member (an ack) under its budget, like any delivery.
+    fn offer_to(&mut self, key: usize, frame: &EncodedFrame) {
+        let budget = self.config.max_outbound;
+        let policy = self.config.slow_client;
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        if conn.close_reason.is_some() {
+            return;
+        }
+        match conn.outbound.offer(&mut self.queued, frame, budget, policy) {
+            Offer::Queued | Offer::QueuedAfterDropping(_) => {}
+            Offer::Dropped => self.stats.drop_message(DropReason::SlowClientNewest, 1),
+            Offer::OverBudget => {
+                self.close_slow_consumer(key);
+                return;
+            }
+        }
+        mark_dirty(&mut self.dirty, key, conn);
+    }
+
+    /// A room owes its `wschat.v1` members a presence frame: sent when the presence timer
+    /// fires, with every join and leave until then.
+    pub(super) fn presence_due(&mut self, room: RoomKey) {
+        self.presence_rooms.push(room);
+        if self.deadlines.presence.is_none() {
+            self.deadlines.presence = Some(self.now + PRESENCE_INTERVAL);
+        }
+    }
+
+    /// Sends every room's owed presence frame (encoded once per room) to its `wschat.v1`
+    /// members. Called when the presence timer fires.
+    pub(super) fn send_presence(&mut self) {
+        let rooms = std::mem::take(&mut self.presence_rooms);
+        for &room in &rooms {
+            // A room listed twice, or gone (its key maybe reused), owes nothing.
+            let Some(text) = self.rooms.get_mut(room).and_then(|r| r.take_presence()) else {
+                continue;
+            };
+            if let Some(entry) = self.rooms.get(room) {
+                // At most a few per second per room (coalesced), so the log can say it.
+                debug!("room={} presence {}", entry.name, text);
+            }
+            let frame = encode_frame(MessageKind::Text.opcode(), text.as_bytes());
+            self.queue_to_members(room, None, Some(&frame), None);
+        }
+        // The list's buffer is kept for the next round.
+        self.presence_rooms = rooms;
+        self.presence_rooms.clear();
     }
 
     /// `--max-rate`: takes a token from the sender's bucket. False if the message must not be

@@ -129,6 +129,8 @@ pub(crate) struct LoopDeadlines {
     pub drain: Option<Instant>,
     /// The next room whose history may expire.
     pub history_expiry: Option<Instant>,
+    /// Rooms owe their `wschat.v1` members a presence frame (joins and leaves coalesced).
+    pub presence: Option<Instant>,
 }
 
 impl LoopDeadlines {
@@ -140,6 +142,7 @@ impl LoopDeadlines {
             self.stats,
             self.drain,
             self.history_expiry,
+            self.presence,
         ]
         .into_iter()
         .flatten()

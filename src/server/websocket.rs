@@ -4,13 +4,19 @@
 
 use std::io::{self, Write};
 
+use std::sync::Arc;
+
 use log::info;
 
+use super::relay::encode_frame;
 use super::{Server, mark_dirty};
 use crate::config::OriginPolicy;
 use crate::connection::{CloseReason, Phase, Transport, WsRead};
 use crate::http::{self, Method, Request, Response, Status};
 use crate::memory::Pressure;
+use crate::message::MessageKind;
+use crate::protocol_v1::{self, Delivery, Params, V1Error};
+use crate::room::{NamedMember, RoomKey};
 use crate::stats::Refusal;
 
 /// How long a client refused at the connection cap is told to wait.
@@ -93,26 +99,42 @@ impl Server {
         ws_key: &str,
         peer_done: bool,
     ) -> bool {
+        let v1 = self.v1_request(request, &room);
         let refusal = if self.deadlines.drain.is_some() {
             Some((
                 Refusal::Draining,
                 Status::ServiceUnavailable,
-                "server shutting down",
+                "server shutting down".to_string(),
             ))
         } else if self.stats.websockets_open as usize >= self.max_connections {
             Some((
                 Refusal::AtCapacity,
                 Status::ServiceUnavailable,
-                "at connection cap, retry later",
+                "at connection cap, retry later".to_string(),
             ))
         } else if self.memory.pressure >= Pressure::Refusing {
             Some((
                 Refusal::MemoryPressure,
                 Status::ServiceUnavailable,
-                "memory pressure, retry later",
+                "memory pressure, retry later".to_string(),
             ))
         } else if !self.origin_allowed(request) {
-            Some((Refusal::Origin, Status::Forbidden, "origin not allowed"))
+            Some((
+                Refusal::Origin,
+                Status::Forbidden,
+                "origin not allowed".to_string(),
+            ))
+        } else if let Err(e) = &v1 {
+            let status = if e.is_conflict() {
+                Status::Conflict
+            } else {
+                Status::BadRequest
+            };
+            Some((
+                Refusal::BadRequest,
+                status,
+                format!("{SUBPROTOCOL_LABEL}: {e}"),
+            ))
         } else {
             None
         };
@@ -137,15 +159,33 @@ impl Server {
             self.respond_and_close(key, response, Method::Get, CloseReason::HttpRefused);
             return false;
         }
+        let v1 = v1.ok().flatten();
+        let named = match (&v1, self.connections.get(key)) {
+            (Some(params), Some(conn)) => Some(NamedMember {
+                name: Arc::from(
+                    params
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| protocol_v1::generated_name(conn.id)),
+                ),
+                key: params.key.as_deref().map(Box::from),
+            }),
+            _ => None,
+        };
+        let name = named.as_ref().map(|n| n.name.clone());
 
-        let joined = self.rooms.join(&room, key);
+        let joined = self.rooms.join(&room, key, named);
+        if joined.presence_due {
+            self.presence_due(joined.room);
+        }
         if let (true, Some(redis)) = (joined.first_member, self.redis.as_mut()) {
             redis.subscribe(&room, self.now);
         }
         let Some(conn) = self.connections.get_mut(key) else {
             return false;
         };
-        let response = http::switching_protocols(ws_key);
+        let response =
+            http::switching_protocols(ws_key, v1.is_some().then_some(protocol_v1::SUBPROTOCOL));
         // Bytes that arrived behind the head are the first frames: tungstenite gets them.
         let rest = match &mut conn.phase {
             Phase::Http { head } => std::mem::take(head),
@@ -164,15 +204,35 @@ impl Server {
         // connection storms; edge-triggered readiness will not report that end again).
         let frames_waiting = !rest.is_empty() || peer_done;
         conn.upgrade(rest, self.websocket_config, joined.room, joined.slot);
-        // Late joiners get the room's recent messages before any live traffic.
-        if let Some(room_entry) = self.rooms.get(joined.room) {
-            for frame in room_entry.history() {
-                self.stats.deliveries += 1;
-                conn.outbound.push_shared(&mut self.queued, frame.clone());
+        conn.v1 = v1.is_some();
+        match (&v1, &name) {
+            (Some(params), Some(name)) => {
+                info!(
+                    "conn={} peer={} opened room={} protocol={} name={:?}",
+                    conn.id,
+                    conn.peer,
+                    room,
+                    protocol_v1::SUBPROTOCOL,
+                    name
+                );
+                self.greet_v1(key, joined.room, params, name);
+            }
+            _ => {
+                // Late joiners get the room's recent messages before any live traffic.
+                if let Some(room_entry) = self.rooms.get(joined.room) {
+                    for entry in room_entry.history() {
+                        self.stats.deliveries += 1;
+                        conn.outbound
+                            .push_shared(&mut self.queued, entry.frame.clone());
+                    }
+                }
+                info!("conn={} peer={} opened room={}", conn.id, conn.peer, room);
             }
         }
+        let Some(conn) = self.connections.get_mut(key) else {
+            return false;
+        };
         conn.upgraded = true;
-        info!("conn={} peer={} opened room={}", conn.id, conn.peer, room);
         mark_dirty(&mut self.dirty, key, conn);
         self.stats.websockets_open += 1;
         let deadline = self.now + self.config.ping_interval;
@@ -181,6 +241,73 @@ impl Server {
             self.read_websocket(key);
         }
         true
+    }
+
+    /// What an upgrade asks of `wschat.v1`: None for a raw client (whose query is ignored, as
+    /// it always was), its parameters, or why they are refused. Checked before the 101, so a
+    /// bad `since`, a bad or taken name, or a garbled offer gets an HTTP status.
+    fn v1_request(&self, request: &Request, room: &str) -> Result<Option<Params>, V1Error> {
+        if !protocol_v1::offered(request.protocols.as_deref())? {
+            return Ok(None);
+        }
+        let params = protocol_v1::parse_query(request.query.as_deref().unwrap_or(""))?;
+        if let Some(name) = &params.name
+            && self.rooms.name_taken(room, name, params.key.as_deref())
+        {
+            return Err(V1Error::NameTaken);
+        }
+        if let Some(entry) = self.rooms.key_of(room).and_then(|k| self.rooms.get(k)) {
+            // Only to refuse a sequence ahead of the room before the 101.
+            entry.recovery(params.since)?;
+        }
+        Ok(Some(params))
+    }
+
+    /// Queues a new `wschat.v1` member's first frames, before any live traffic: the hello,
+    /// then what it missed since `since` (a count, the messages history still holds).
+    fn greet_v1(&mut self, key: usize, room: RoomKey, params: &Params, name: &str) {
+        let Server {
+            rooms,
+            connections,
+            stats,
+            queued,
+            ..
+        } = self;
+        let (Some(entry), Some(conn)) = (rooms.get(room), connections.get_mut(key)) else {
+            return;
+        };
+        let text = |s: String| encode_frame(MessageKind::Text.opcode(), s.as_bytes());
+        let push = |conn: &mut crate::connection::Connection, queued: &mut _, frame| match frame {
+            crate::outbound::EncodedFrame::Small(bytes) => conn.outbound.push_copy(queued, &bytes),
+            crate::outbound::EncodedFrame::Large(bytes) => conn.outbound.push_shared(queued, bytes),
+        };
+        let hello = protocol_v1::hello(entry.epoch, entry.last_seq, name, entry.members().len());
+        push(conn, queued, text(hello));
+        // Checked in v1_request; the join changed no sequence.
+        let recovery = match entry.recovery(params.since) {
+            Ok(recovery) => recovery,
+            Err(_) => return,
+        };
+        if let Some(count) = recovery.missed {
+            push(conn, queued, text(protocol_v1::missed(count)));
+        }
+        for message in entry.history().skip(recovery.skip) {
+            let payload = frame_payload(&message.frame);
+            let kind = if message.frame.first().is_some_and(|b| b & 0x0f == 0x2) {
+                MessageKind::Binary
+            } else {
+                MessageKind::Text
+            };
+            let (kind, body) = protocol_v1::encode_message(&Delivery {
+                seq: message.seq,
+                ts_ms: message.ts_ms,
+                from: message.from.as_from(),
+                kind,
+                payload,
+            });
+            stats.deliveries += 1;
+            push(conn, queued, encode_frame(kind.opcode(), &body));
+        }
     }
 
     fn origin_allowed(&self, request: &Request) -> bool {
@@ -238,6 +365,19 @@ impl Server {
             self.close_after_flush(key, reason);
         }
     }
+}
+
+/// Names the subprotocol in refusals, so a client sees which part of its request failed.
+const SUBPROTOCOL_LABEL: &str = protocol_v1::SUBPROTOCOL;
+
+/// The payload of an unmasked server frame encoded by `encode_frame`.
+fn frame_payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header..).unwrap_or(&[])
 }
 
 /// Writes what the socket takes right now, without queueing; returns how many bytes went.

@@ -34,8 +34,10 @@ const browser = await chromium.launch({
     '--disable-component-update', '--disable-sync'].concat(secure ? ['--ignore-certificate-errors'] : []),
 });
 const timeout = ms => ({ timeout: ms });
-async function open(url, viewport = { width: 1000, height: 700 }, colorScheme = 'light') {
+async function open(url, viewport = { width: 1000, height: 700 }, colorScheme = 'light', name = undefined) {
   const ctx = await browser.newContext({ viewport, colorScheme });
+  // A display name chosen earlier (the page keeps it in localStorage).
+  if (name !== undefined) await ctx.addInitScript(n => localStorage.setItem('wschat.name', n), name);
   const page = await ctx.newPage();
   page.on('pageerror', e => check(false, 'page error: ' + e.message));
   if (!url.startsWith('file:')) page.on('websocket', ws => sockets.push(ws.url()));
@@ -54,7 +56,137 @@ async function sendVia(p, text, how = 'enter') {
   if (how === 'enter') await p.press('#msg', 'Enter'); else await p.click('#send');
 }
 
+// Texts of the log's message bodies that start with `prefix`, in page order.
+const bodies = (p, prefix) => p.$$eval('#log li.m .body', (els, x) => els.map(e => e.textContent).filter(t => t.startsWith(x)), prefix);
+const countText = p => p.locator('#count').textContent();
+async function waitFor(what, fn, ms = 8000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) { if (await fn()) return true; await sleep(100); }
+  check(false, 'timed out: ' + what); return false;
+}
+const inOrderOnce = (got, want) => got.length === want.length && got.every((t, i) => t === want[i]);
+
+// Three windows with names: names, the count in the header, join/leave notices; a fourth
+// window asking for a name already in use gets "name (2)".
+async function namesAndCount() {
+  const r = new URL('/pagetest-names-' + Math.random().toString(36).slice(2, 8), base).href;
+  const ana = await open(r, undefined, 'light', 'Ana'), bea = await open(r, undefined, 'light', 'Bea');
+  const cy = await open(r, { width: 390, height: 700 }, 'light', 'Cy');
+  for (const p of [ana, bea, cy]) await connected(p);
+  await waitFor('3 here in three windows', async () => (await Promise.all([ana, bea, cy].map(countText))).every(t => t === '3 here'));
+  check(true, 'three windows show "3 here"');
+  check(await ana.locator('#name').textContent() === 'Ana' && await cy.locator('#name').textContent() === 'Cy', 'own names in the header');
+  check(await ana.locator('#namebar').isHidden(), 'a chosen name is not asked again');
+  const hi = 'hello from Cy ' + Date.now();
+  await sendVia(cy, hi);
+  await waitCount(ana, 'other', hi, 1); await waitCount(bea, 'other', hi, 1);
+  const who = await ana.locator('#log li.m.other', { hasText: hi }).locator('.who').textContent();
+  check(who.startsWith('Cy · ') && /\d/.test(who), 'sender name and send time shown: ' + who);
+  check(await count(cy, 'own', hi) === 1 && await count(cy, 'other', hi) === 0, 'own message recognised (by its sequence)');
+  const clash = await open(r, undefined, 'light', 'Ana');
+  await waitFor('a second "Ana" becomes "Ana (2)"', async () => await clash.locator('#name').textContent() === 'Ana (2)', 15000);
+  await waitFor('4 here', async () => await countText(ana) === '4 here');
+  check(await countText(ana) === '4 here', 'the fourth window counted');
+  await clash.context().close();
+  await cy.context().close();
+  await waitFor('2 here after two left', async () => await countText(ana) === '2 here' && await countText(bea) === '2 here');
+  check(await ana.locator('#log li.m.sys', { hasText: 'Cy' }).filter({ hasText: 'left' }).count() >= 1, 'leave shown in the log');
+  // Changing the name reconnects without losing or repeating anything.
+  await bea.click('#name'); await bea.fill('#namebox', 'guest-1'); await bea.press('#namebox', 'Enter');
+  check((await bea.locator('#notice').textContent()).startsWith('Not saved') && await bea.locator('#namebar').isVisible(),
+    'a name the server would refuse is not saved');
+  await bea.fill('#namebox', 'Beatrix'); await bea.press('#namebox', 'Enter');
+  await waitFor('renamed', async () => await bea.locator('#name').textContent() === 'Beatrix');
+  await connected(bea);
+  const after = 'after rename ' + Date.now();
+  await sendVia(bea, after);
+  await waitCount(ana, 'other', after, 1);
+  check((await ana.locator('#log li.m.other', { hasText: after }).locator('.who').textContent()).startsWith('Beatrix · '), 'the new name is on new messages');
+  check(await count(bea, 'other', hi) === 1, 'no message repeated after the rename');
+  await ana.context().close(); await bea.context().close();
+}
+
+// Run against a server with --history 5 --max-rate 5/10 --over-rate close: a page's socket
+// is cut by the rate limit while another keeps sending; after it reconnects it shows each
+// message exactly once, in order; with history exhausted it shows the missed count. The
+// page fetches config.json before each connection: holding that request keeps the cut page
+// away while the other sends.
+async function recovery() {
+  const r = new URL('/pagetest-rec-' + Math.random().toString(36).slice(2, 8), base).href;
+  const a = await open(r, undefined, 'light', 'Ana'), b = await open(r, undefined, 'light', 'Bea');
+  await connected(a); await connected(b);
+  const sent = [];
+  const say = async (text) => { await sendVia(a, text); sent.push(text); await sleep(250); };   // under 5/s
+  // Cuts B (it floods its own socket; the server closes it with 1008 after the burst of 10)
+  // and keeps it away until the returned function is called.
+  async function cutB() {
+    let release;
+    const gate = new Promise(res => { release = res; });
+    await b.route("**/config.json", async route => { await gate; await route.continue().catch(() => {}); });
+    await b.evaluate(() => {
+      const box = document.getElementById('msg'), form = document.getElementById('form');
+      for (let i = 0; i < 14; i++) { box.value = 'spam ' + i; form.requestSubmit(); }
+    });
+    await b.waitForFunction(() => document.getElementById('state').textContent !== 'connected', null, timeout(10000));
+    return async () => { release(); await b.unroute('**/config.json'); };
+  }
+  for (let i = 1; i <= 3; i++) await say('r before ' + i);
+  await waitCount(b, 'other', 'r before 3', 1);
+  let back = await cutB();
+  check(await b.locator('#log li.m.sys', { hasText: 'rate limit' }).count() >= 1, 'B was cut by the rate limit');
+  for (let i = 1; i <= 4; i++) await say('r during ' + i);
+  await back();
+  await connected(b);
+  await waitCount(b, 'other', 'r during 4', 1, 8000);
+  check(await b.locator('#log li.m.sys', { hasText: 'Reconnected' }).count() >= 1, 'B reconnected by itself');
+  let got = await bodies(b, 'r ');
+  check(inOrderOnce(got, sent), 'after the reconnect every message shown once, in order: ' + JSON.stringify(got));
+  check(await b.locator('#log li.m.other', { hasText: 'r during 1' }).locator('time').count() === 1, 'recovered messages carry their send time');
+  check(await b.locator('#log li.m.sys.missed').count() === 0, 'nothing reported missed when history covers the gap');
+  const spamShown = await bodies(b, 'spam ');
+  check(new Set(spamShown).size === spamShown.length && await count(b, 'other', 'spam 0') === 0, "B's own messages shown once, as its own");
+
+  // History exhausted: A sends 8 while B is away; --history 5 keeps the last 5.
+  await sleep(2500);   // B's bucket refills
+  back = await cutB();
+  const lost = [];
+  for (let i = 1; i <= 8; i++) { const t = 'r gone ' + i; await sendVia(a, t); lost.push(t); await sleep(220); }
+  await waitCount(a, 'own', 'r gone 8', 1);
+  await back();
+  await connected(b);
+  await waitCount(b, 'other', 'r gone 8', 1, 8000);
+  const missedText = await b.locator('#log li.m.sys.missed').allTextContents();
+  check(missedText.length === 1 && missedText[0] === '3 messages missed', 'history exhausted: missed count shown: ' + JSON.stringify(missedText));
+  got = await bodies(b, 'r gone ');
+  check(inOrderOnce(got, lost.slice(3)), 'the last five shown once, in order: ' + JSON.stringify(got));
+  got = await bodies(b, 'r ');
+  check(new Set(got).size === got.length, 'no message shown twice overall');
+  await a.context().close(); await b.context().close();
+}
+
+if (process.env.WSCHAT_SCENARIO === 'recovery') {
+  try { await recovery(); } catch (e) { check(false, 'exception: ' + (e && e.stack || e)); }
+  await browser.close();
+  console.log(failures ? failures + ' failure(s)' : 'all checks passed');
+  process.exit(failures ? 1 : 0);
+}
+
 try {
+  await namesAndCount();
+  // Phone width: the placeholder fits in the box; the box and Send share one line.
+  for (const width of [390, 320]) {
+    const p = await open(roomUrl, { width, height: 700 });
+    const fit = await p.evaluate(() => {
+      const box = document.getElementById('msg'), cs = getComputedStyle(box);
+      const c = document.createElement('canvas').getContext('2d'); c.font = cs.font;
+      const room = box.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+      const send = document.getElementById('send').getBoundingClientRect(), r = box.getBoundingClientRect();
+      return { text: c.measureText(box.placeholder).width, room, sameLine: Math.abs(send.top - r.top) < 4,
+        inside: send.right <= window.innerWidth, noScroll: document.documentElement.scrollWidth <= window.innerWidth };
+    });
+    check(fit.text <= fit.room && fit.sameLine && fit.inside && fit.noScroll, width + ' px: placeholder fits, Send beside the box, no sideways scroll: ' + JSON.stringify(fit));
+    await p.context().close();
+  }
   const a = await open(roomUrl), b = await open(roomUrl);
   // Structure: heading, log, box, button; stylesheet loaded from a nested room path.
   check(await a.locator('h1').count() === 1, 'heading present');
