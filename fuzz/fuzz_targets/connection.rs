@@ -38,6 +38,8 @@ fn server() -> SocketAddr {
                 stats_interval: None,
                 echo: true,
                 history: 4,
+                // Within the budget, as the server requires: 4 messages of up to 1 KiB.
+                history_bytes: 2048,
                 // Small limits so inputs reach the size, budget and rate paths.
                 max_message_size: 1024,
                 max_outbound: 4096,
