@@ -27,7 +27,7 @@ use utf8_guard::{InvalidUtf8Early, Utf8Guard};
 pub const READ_SCRATCH_SIZE: usize = 64 * 1024;
 /// At most this many bytes are read from one socket per readiness event, so one fast sender
 /// cannot hold the loop; the rest is read on the next pass.
-pub const READ_BUDGET_PER_EVENT: usize = 256 * 1024;
+pub const READ_BUDGET_PER_EVENT: usize = 64 * 1024;
 
 /// Why a connection ended: logged at close and counted in `/metrics` by its label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
