@@ -47,6 +47,10 @@ pub const DEFAULT_HISTORY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(3600);
 /// Longest room name (URL path) accepted, in bytes.
 pub const MAX_ROOM_NAME: usize = 256;
+/// Smallest message compressed with `--compression on`. Below about 1 KiB a chat line
+/// shrinks by a few dozen bytes at best (deflate's block header and Huffman tables eat the
+/// gain), while compressing it still costs the server and every recipient's inflater.
+pub const DEFAULT_COMPRESSION_MIN: usize = 1024;
 /// Upper bound on a --static-dir folder loaded into memory.
 pub const MAX_STATIC_DIR_BYTES: usize = 16 * 1024 * 1024;
 
@@ -160,6 +164,11 @@ pub struct Config {
     pub redis: Option<crate::redis::RedisUrl>,
     /// Use Redis 7 sharded pub/sub (SSUBSCRIBE/SPUBLISH) on a single endpoint.
     pub redis_sharded: bool,
+    /// Accept permessage-deflate (RFC 7692) offers (`--compression on`). Off by default, as
+    /// in every peer: see the README for why and when to turn it on.
+    pub compression: bool,
+    /// Messages shorter than this go uncompressed even to members with deflate.
+    pub compression_min: usize,
 }
 
 impl Default for Config {
@@ -192,6 +201,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_port: None,
+            compression: false,
+            compression_min: DEFAULT_COMPRESSION_MIN,
         }
     }
 }
@@ -279,7 +290,12 @@ impl Config {
 
     /// Worst-case bytes the limits allow, logged at start-up so an operator can size the host.
     pub fn worst_case_memory(&self, max_connections: usize) -> u64 {
-        let inbound_per_conn = (self.max_message_size as u64) * 2 + READ_BUFFER_SIZE as u64;
+        let mut inbound_per_conn = (self.max_message_size as u64) * 2 + READ_BUFFER_SIZE as u64;
+        if self.compression {
+            // A compressed message in flight: its compressed bytes (at most about the limit),
+            // then its inflated frame until tungstenite has copied it.
+            inbound_per_conn += (self.max_message_size as u64) * 2;
+        }
         let history = if self.history > 0 {
             // Rooms are bounded by connections (a room exists while it has members or history).
             self.history_bytes as u64

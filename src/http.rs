@@ -127,6 +127,9 @@ pub struct Request {
     pub host: Option<String>,
     pub origin: Option<String>,
     pub if_none_match: Option<String>,
+    /// Every `Sec-WebSocket-Extensions` line, joined with ", " (several lines are one
+    /// comma-separated list, RFC 9110 5.3): the offers `deflate::negotiate` reads.
+    pub extensions: Option<String>,
     /// Present when the request asks to become a WebSocket.
     pub upgrade: Option<Upgrade>,
 }
@@ -182,6 +185,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
     let mut host = None;
     let mut origin = None;
     let mut if_none_match = None;
+    let mut extensions: Option<String> = None;
     let mut connection_tokens = String::new();
     let mut upgrade_websocket = false;
     let mut upgrade_header = false;
@@ -211,6 +215,15 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
                 .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             ws_key = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            // Bounded by the head size limit, like every other header.
+            match &mut extensions {
+                Some(list) => {
+                    list.push_str(", ");
+                    list.push_str(value);
+                }
+                None => extensions = Some(value.to_string()),
+            }
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             ws_version = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("transfer-encoding")
@@ -260,6 +273,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
             host,
             origin,
             if_none_match,
+            extensions,
             upgrade,
         },
         len,
@@ -442,14 +456,18 @@ impl ResponseHead {
     }
 }
 
-/// The 101 that completes the WebSocket opening handshake.
-pub fn switching_protocols(key: &str) -> Vec<u8> {
+/// The 101 that completes the WebSocket opening handshake; `extensions` is the accepted
+/// `Sec-WebSocket-Extensions` answer (permessage-deflate), if any.
+pub fn switching_protocols(key: &str, extensions: Option<&str>) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    ResponseHead::new(Status::SwitchingProtocols)
+    let mut head = ResponseHead::new(Status::SwitchingProtocols)
         .header("Upgrade", "websocket")
         .header("Connection", "Upgrade")
-        .header("Sec-WebSocket-Accept", &accept)
-        .finish(None, true)
+        .header("Sec-WebSocket-Accept", &accept);
+    if let Some(extensions) = extensions {
+        head = head.header("Sec-WebSocket-Extensions", extensions);
+    }
+    head.finish(None, true)
 }
 
 /// One HTTP response: a head and, for most statuses, a body. It owns the rule for what goes
@@ -613,8 +631,32 @@ mod tests {
     }
 
     #[test]
+    fn extension_offers_are_kept_and_several_lines_joined() {
+        assert_eq!(complete(UPGRADE).extensions, None);
+        let text = UPGRADE.replace(
+            "Sec-WebSocket-Version: 13\r\n",
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: x-foo, permessage-deflate; \
+             client_max_window_bits\r\nsec-websocket-extensions:  permessage-deflate \r\n",
+        );
+        assert_eq!(
+            complete(&text).extensions.as_deref(),
+            Some("x-foo, permessage-deflate; client_max_window_bits, permessage-deflate")
+        );
+        let response = String::from_utf8(switching_protocols(
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            Some("permessage-deflate; server_no_context_takeover"),
+        ))
+        .unwrap();
+        assert!(response.contains(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n"
+        ));
+        assert!(response.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
     fn the_accept_key_matches_the_rfc_example() {
-        let response = String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
+        let response =
+            String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
         assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }

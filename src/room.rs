@@ -23,6 +23,9 @@ pub struct Room {
     history_bytes: usize,
     /// When the last member left (for history expiry).
     pub emptied_at: Option<Instant>,
+    /// Members that negotiated permessage-deflate: fan-out compresses (and looks at each
+    /// member's agreement) only when this is above 0, so other rooms pay nothing.
+    deflate_members: usize,
 }
 
 impl Room {
@@ -32,6 +35,11 @@ impl Room {
 
     pub fn history(&self) -> impl Iterator<Item = &Bytes> {
         self.history.iter()
+    }
+
+    /// Members that negotiated permessage-deflate.
+    pub fn deflate_members(&self) -> usize {
+        self.deflate_members
     }
 }
 
@@ -114,6 +122,7 @@ impl Rooms {
                     history: VecDeque::new(),
                     history_bytes: 0,
                     emptied_at: None,
+                    deflate_members: 0,
                 });
                 self.by_name.insert(name.into(), key);
                 key
@@ -132,6 +141,18 @@ impl Rooms {
             room,
             slot: entry.members.len() - 1,
             first_member,
+        }
+    }
+
+    /// Counts a member with permessage-deflate in (`joined`) or out of its room. Called by
+    /// the loop after `join` and before `leave` for the members that negotiated it.
+    pub fn count_deflate_member(&mut self, room: RoomKey, joined: bool) {
+        if let Some(entry) = self.table.get_mut(room) {
+            entry.deflate_members = if joined {
+                entry.deflate_members + 1
+            } else {
+                entry.deflate_members.saturating_sub(1)
+            };
         }
     }
 

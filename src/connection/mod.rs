@@ -12,6 +12,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
+use crate::deflate::{Agreement, InboundError, InboundInflate, Inflater};
 use crate::outbound::{Outbound, QueuedTotal};
 use crate::rate::TokenBucket;
 use crate::room::RoomKey;
@@ -40,6 +41,8 @@ pub enum CloseReason {
     ProtocolError,
     /// A text message was not UTF-8 (close 1007).
     InvalidUtf8,
+    /// A compressed message did not inflate (close 1007, as Node `ws` answers).
+    InvalidCompressedData,
     /// A message or frame over the size limit (close 1009).
     MessageTooBig,
     /// The outbound budget was exceeded under the close policy (close 1008).
@@ -64,11 +67,12 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for metrics that list them all.
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::ClientClosed,
         CloseReason::ClientGone,
         CloseReason::ProtocolError,
         CloseReason::InvalidUtf8,
+        CloseReason::InvalidCompressedData,
         CloseReason::MessageTooBig,
         CloseReason::SlowConsumer,
         CloseReason::RateLimited,
@@ -87,6 +91,7 @@ impl CloseReason {
             CloseReason::ClientGone => "client_gone",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::InvalidCompressedData => "invalid_compressed_data",
             CloseReason::MessageTooBig => "message_too_big",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
@@ -110,6 +115,7 @@ impl CloseReason {
         let (code, reason) = match self {
             CloseReason::ProtocolError => (CloseCode::Protocol, "protocol error"),
             CloseReason::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8"),
+            CloseReason::InvalidCompressedData => (CloseCode::Invalid, "invalid compressed data"),
             CloseReason::MessageTooBig => (CloseCode::Size, "message too big"),
             CloseReason::SlowConsumer => (CloseCode::Policy, "slow consumer"),
             CloseReason::RateLimited => (CloseCode::Policy, "rate limit"),
@@ -139,8 +145,13 @@ impl fmt::Display for CloseReason {
 }
 
 /// The loop's one read buffer. Bytes read from a socket are handed to that connection's
-/// parser before the loop moves on, so between connections it is always empty.
+/// parser before the loop moves on, so between connections it is always empty. Beside it,
+/// the loop's one inflater for compressed client messages (each message inflates alone, so
+/// one serves every connection in turn).
 pub struct ReadScratch {
+    /// Inflates permessage-deflate messages, bounded by `--max-message-size`; its counters
+    /// feed `/metrics`.
+    pub inflater: Inflater,
     buffer: Box<[u8]>,
     start: usize,
     end: usize,
@@ -152,9 +163,11 @@ pub struct ReadScratch {
     pub bytes_read: u64,
 }
 
-impl Default for ReadScratch {
-    fn default() -> Self {
+impl ReadScratch {
+    /// `max_message_size`: the largest inflated message accepted (close 1009 past it).
+    pub fn new(max_message_size: usize) -> Self {
         ReadScratch {
+            inflater: Inflater::new(max_message_size),
             buffer: vec![0; READ_SCRATCH_SIZE].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -209,15 +222,20 @@ impl ReadScratch {
 
     /// Copies pending bytes into `out`, reading the socket first when none are pending. The
     /// guard may withhold the bytes from an invalid UTF-8 sequence on: the bytes before it
-    /// are handed on, and the read after them fails with `InvalidUtf8Early`.
+    /// are handed on, and the read after them fails with `InvalidUtf8Early`. With deflate
+    /// negotiated, the bytes pass the inbound transform first (see `read_inflating`).
     fn read_into(
         &mut self,
         transport: &mut Transport,
         out: &mut [u8],
         guard: &mut Utf8Guard,
+        inflate: Option<&mut InboundInflate>,
     ) -> io::Result<usize> {
         if guard.failed() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8Early));
+        }
+        if let Some(inflate) = inflate {
+            return self.read_inflating(transport, out, guard, inflate);
         }
         if self.start == self.end && self.fill(transport, usize::MAX)? == 0 {
             return Ok(0);
@@ -231,6 +249,47 @@ impl ReadScratch {
         self.start += n;
         Ok(n)
     }
+
+    /// `read_into` for a connection that negotiated permessage-deflate. The chain is: this
+    /// buffer -> the connection's `InboundInflate` (compressed messages out, their inflated
+    /// frame in) -> the UTF-8 guard (which so checks inflated text) -> tungstenite, which
+    /// never sees RSV1 on a message we accepted. A transform error comes back as an
+    /// `InvalidData` error carrying the `InboundError`, for `classify`. Bytes the guard
+    /// withholds after the transform produced them are dropped on purpose: the guard has
+    /// failed, and every later read fails.
+    fn read_inflating(
+        &mut self,
+        transport: &mut Transport,
+        out: &mut [u8],
+        guard: &mut Utf8Guard,
+        inflate: &mut InboundInflate,
+    ) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.start == self.end
+                && !inflate.has_pending()
+                && self.fill(transport, usize::MAX)? == 0
+            {
+                return Ok(0);
+            }
+            let pulled = inflate
+                .pull(&self.buffer[self.start..self.end], out, &mut self.inflater)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            self.start += pulled.consumed;
+            if pulled.produced == 0 {
+                // Every byte went into a compressed message in flight: read on (this is not
+                // the end of the stream).
+                continue;
+            }
+            let n = guard.scan(&out[..pulled.produced]);
+            if n == 0 && guard.failed() {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8Early));
+            }
+            return Ok(n);
+        }
+    }
 }
 
 /// The stream tungstenite sees: reads come from the loop's scratch buffer (filled from the
@@ -242,11 +301,15 @@ struct LoopStream<'a> {
     outbound: &'a mut Outbound,
     queued_total: &'a mut QueuedTotal,
     guard: &'a mut Utf8Guard,
+    /// The permessage-deflate transform, when negotiated.
+    inflate: Option<&'a mut InboundInflate>,
 }
 
 impl Read for LoopStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.scratch.read_into(self.transport, buf, self.guard)
+        let inflate = self.inflate.as_deref_mut();
+        self.scratch
+            .read_into(self.transport, buf, self.guard, inflate)
     }
 }
 
@@ -273,6 +336,13 @@ pub struct WebSocketState {
     pub pinged: bool,
     /// `--max-rate`.
     pub rate: TokenBucket,
+    /// permessage-deflate as agreed in the 101 (four bytes, in what was padding): fan-out
+    /// reads it for the members of rooms that have deflate members.
+    pub deflate: Option<Agreement>,
+    /// The inbound transform for compressed messages, boxed: only connections that
+    /// negotiated deflate have one (48 bytes idle), and the box pointer keeps this struct in
+    /// the allocator's size class it had before.
+    inflate: Option<Box<InboundInflate>>,
 }
 
 pub enum Phase {
@@ -399,10 +469,31 @@ impl Connection {
     }
 
     /// Switches to WebSocket after the 101 is queued; `rest` is what followed the head.
-    pub fn upgrade(&mut self, rest: Vec<u8>, config: WebSocketConfig, room: RoomKey, slot: usize) {
-        // The bytes after the head go to tungstenite directly: the guard sees them first.
+    /// `deflate`: the permessage-deflate agreement of the 101, if any.
+    pub fn upgrade(
+        &mut self,
+        rest: Vec<u8>,
+        config: WebSocketConfig,
+        room: RoomKey,
+        slot: usize,
+        deflate: Option<Agreement>,
+        inflater: &mut Inflater,
+    ) {
+        let mut inflate = deflate.map(|_| Box::new(InboundInflate::new(true)));
+        // The bytes after the head go to tungstenite directly, through the same stages as
+        // every later read: the transform, then the guard. An error stays in the transform
+        // (failed), which reports it on the first read.
+        let rest = match &mut inflate {
+            Some(inflate) => inflate_all(inflate, &rest, inflater),
+            None => rest,
+        };
         let mut guard = Utf8Guard::default();
-        guard.scan(&rest);
+        let passed = guard.scan(&rest);
+        let rest = if passed < rest.len() {
+            rest[..passed].to_vec()
+        } else {
+            rest
+        };
         self.phase = Phase::WebSocket(Box::new(WebSocketState {
             context: WebSocketContext::from_partially_read(rest, Role::Server, Some(config)),
             guard,
@@ -410,6 +501,8 @@ impl Connection {
             slot: Some(slot),
             pinged: false,
             rate: TokenBucket::new(self.last_heard),
+            deflate,
+            inflate,
         }));
     }
 
@@ -432,6 +525,7 @@ impl Connection {
             outbound: &mut self.outbound,
             queued_total,
             guard: &mut ws.guard,
+            inflate: ws.inflate.as_deref_mut(),
         };
         let result = ws.context.read(&mut stream);
         if stream.scratch.bytes_read != before {
@@ -481,6 +575,7 @@ impl Connection {
             outbound: &mut self.outbound,
             queued_total,
             guard: &mut ws.guard,
+            inflate: ws.inflate.as_deref_mut(),
         };
         let _ = ws.context.close(&mut stream, reason.close_frame());
     }
@@ -496,6 +591,7 @@ impl Connection {
             outbound: &mut self.outbound,
             queued_total,
             guard: &mut ws.guard,
+            inflate: ws.inflate.as_deref_mut(),
         };
         if ws
             .context
@@ -545,6 +641,25 @@ impl Connection {
     }
 }
 
+/// Runs bytes that arrived with the request head through a new connection's transform, as a
+/// read would: what comes out is what tungstenite gets first.
+fn inflate_all(inflate: &mut InboundInflate, input: &[u8], inflater: &mut Inflater) -> Vec<u8> {
+    let mut handed = Vec::with_capacity(input.len());
+    let mut out = [0u8; 4096];
+    let mut at = 0;
+    while at < input.len() || inflate.has_pending() {
+        match inflate.pull(&input[at..], &mut out, inflater) {
+            Ok(pulled) if pulled.consumed == 0 && pulled.produced == 0 => break,
+            Ok(pulled) => {
+                at += pulled.consumed;
+                handed.extend_from_slice(&out[..pulled.produced]);
+            }
+            Err(_) => break,
+        }
+    }
+    handed
+}
+
 /// Maps tungstenite's read errors to our close reasons (and so to close codes).
 fn classify(error: &WsError) -> CloseReason {
     match error {
@@ -559,6 +674,16 @@ fn classify(error: &WsError) -> CloseReason {
                 .is_some_and(|inner| inner.is::<InvalidUtf8Early>()) =>
         {
             CloseReason::InvalidUtf8
+        }
+        WsError::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<InboundError>()) => {
+            match e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<InboundError>())
+            {
+                Some(InboundError::TooBig) => CloseReason::MessageTooBig,
+                Some(InboundError::InvalidData) => CloseReason::InvalidCompressedData,
+                _ => CloseReason::ProtocolError,
+            }
         }
         WsError::Io(e)
             if matches!(
@@ -584,6 +709,39 @@ mod tests {
         for (place, reason) in CloseReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), place, "{reason}");
         }
+    }
+
+    #[test]
+    fn deflate_leaves_an_idle_websocket_in_the_same_allocation() {
+        // Before permessage-deflate, a WebSocketState was 384 bytes. The agreement fits in
+        // its padding and the transform is boxed (only for connections that negotiated it),
+        // so it grows by one pointer, which glibc serves from the same 400-byte chunk.
+        let size = std::mem::size_of::<WebSocketState>();
+        assert!(size <= 392, "{size}");
+        assert!(std::mem::size_of::<Connection>() <= 248);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: plain malloc/free of raw bytes, only their usable size is read.
+        unsafe {
+            let before = libc::malloc(384);
+            let now = libc::malloc(size);
+            assert_eq!(
+                libc::malloc_usable_size(before),
+                libc::malloc_usable_size(now)
+            );
+            libc::free(before);
+            libc::free(now);
+        }
+    }
+
+    #[test]
+    fn inbound_errors_map_to_their_close_codes() {
+        let code = |e: InboundError| {
+            let error = WsError::Io(io::Error::new(io::ErrorKind::InvalidData, e));
+            classify(&error).close_frame().map(|f| u16::from(f.code))
+        };
+        assert_eq!(code(InboundError::TooBig), Some(1009));
+        assert_eq!(code(InboundError::InvalidData), Some(1007));
+        assert_eq!(code(InboundError::Protocol), Some(1002));
     }
 
     #[test]

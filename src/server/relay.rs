@@ -23,6 +23,9 @@ impl Server {
             return;
         };
         let room = ws.room;
+        if ws.deflate.is_some() {
+            self.rooms.count_deflate_member(room, false);
+        }
         self.stats.websockets_open -= 1;
         let left = self.rooms.leave(room, slot, self.now);
         if let Some(moved) = left.moved
@@ -82,7 +85,10 @@ impl Server {
 
     /// Queues one message to every member of a room but `except`. The frame is encoded once;
     /// each recipient gets a copy (small) or a shared reference (large) in its queue, under
-    /// its byte budget.
+    /// its byte budget. With permessage-deflate, a message of at least `--compression-min`
+    /// is compressed once, at the first member that negotiated it, and that frame goes to
+    /// every such member; if it is not smaller, everyone gets the plain frame. History keeps
+    /// the plain frame, which every joiner can read.
     fn fan_out(&mut self, room: usize, kind: MessageKind, payload: &[u8], except: Option<usize>) {
         let frame = encode_frame(kind.opcode(), payload);
         if self.config.history > 0 {
@@ -101,11 +107,18 @@ impl Server {
             stats,
             config,
             queued,
+            compressor,
             ..
         } = self;
         let Some(room_entry) = rooms.get(room) else {
             return;
         };
+        // Rooms without deflate members (and servers without compression) skip all of it.
+        let try_deflate = compressor.is_some()
+            && payload.len() >= config.compression_min
+            && room_entry.deflate_members() > 0;
+        // None until a member wants it; then the compressed frame, or None if not smaller.
+        let mut compressed: Option<Option<EncodedFrame>> = None;
         let budget = config.max_outbound;
         let policy = config.slow_client;
         let mut slow = Vec::new();
@@ -123,6 +136,23 @@ impl Server {
             if recipient.close_reason.is_some() {
                 continue;
             }
+            let deflate_frame = if try_deflate
+                && recipient
+                    .websocket()
+                    .and_then(|ws| ws.deflate)
+                    .is_some_and(|agreement| agreement.may_compress(payload.len()))
+            {
+                compressed
+                    .get_or_insert_with(|| {
+                        compressor
+                            .as_mut()
+                            .and_then(|c| c.compress_frame(kind.opcode(), payload))
+                    })
+                    .as_ref()
+            } else {
+                None
+            };
+            let frame = deflate_frame.unwrap_or(&frame);
             // The budget counts bytes the socket would not take, not what this pass queued
             // before its flush: write now what the socket takes before judging a member slow
             // (one pass may read a burst larger than the budget from one sender).
@@ -140,10 +170,14 @@ impl Server {
                     }
                 }
             }
-            match recipient.outbound.offer(queued, &frame, budget, policy) {
-                Offer::Queued => stats.deliveries += 1,
+            let delivered = |stats: &mut crate::stats::Stats| {
+                stats.deliveries += 1;
+                stats.deliveries_compressed += u64::from(deflate_frame.is_some());
+            };
+            match recipient.outbound.offer(queued, frame, budget, policy) {
+                Offer::Queued => delivered(stats),
                 Offer::QueuedAfterDropping(n) => {
-                    stats.deliveries += 1;
+                    delivered(stats);
                     stats.drop_message(DropReason::SlowClientOldest, n as u64);
                 }
                 Offer::Dropped => stats.drop_message(DropReason::SlowClientNewest, 1),

@@ -4,11 +4,12 @@
 
 use std::io::{self, Write};
 
-use log::info;
+use log::{debug, info};
 
 use super::{Server, mark_dirty};
 use crate::config::OriginPolicy;
 use crate::connection::{CloseReason, Phase, Transport, WsRead};
+use crate::deflate::{self, Negotiation};
 use crate::http::{self, Method, Request, Response, Status};
 use crate::stats::Refusal;
 
@@ -135,7 +136,21 @@ impl Server {
         let Some(conn) = self.connections.get_mut(key) else {
             return false;
         };
-        let response = http::switching_protocols(ws_key);
+        // permessage-deflate: only with `--compression on`; otherwise offers go unanswered,
+        // which every client takes as "no extension".
+        let deflate = match request.extensions.as_deref() {
+            Some(offers) if self.config.compression => match deflate::negotiate([offers]) {
+                Negotiation::Accepted(agreement) => Some(agreement),
+                Negotiation::Declined(why) => {
+                    debug!("conn={} peer={} {why}", conn.id, conn.peer);
+                    None
+                }
+                Negotiation::NotOffered => None,
+            },
+            _ => None,
+        };
+        let extension_answer = deflate.map(|agreement| agreement.response_header());
+        let response = http::switching_protocols(ws_key, extension_answer.as_deref());
         // Bytes that arrived behind the head are the first frames: tungstenite gets them.
         let rest = match &mut conn.phase {
             Phase::Http { head } => std::mem::take(head),
@@ -153,7 +168,17 @@ impl Server {
         // an end of stream already seen, need reading now (one read per connection saved at
         // connection storms; edge-triggered readiness will not report that end again).
         let frames_waiting = !rest.is_empty() || peer_done;
-        conn.upgrade(rest, self.websocket_config, joined.room, joined.slot);
+        conn.upgrade(
+            rest,
+            self.websocket_config,
+            joined.room,
+            joined.slot,
+            deflate,
+            &mut self.scratch.inflater,
+        );
+        if deflate.is_some() {
+            self.rooms.count_deflate_member(joined.room, true);
+        }
         // Late joiners get the room's recent messages before any live traffic.
         if let Some(room_entry) = self.rooms.get(joined.room) {
             for frame in room_entry.history() {
@@ -162,7 +187,13 @@ impl Server {
             }
         }
         conn.upgraded = true;
-        info!("conn={} peer={} opened room={}", conn.id, conn.peer, room);
+        info!(
+            "conn={} peer={} opened room={}{}",
+            conn.id,
+            conn.peer,
+            room,
+            if deflate.is_some() { " deflate" } else { "" }
+        );
         mark_dirty(&mut self.dirty, key, conn);
         self.stats.websockets_open += 1;
         let deadline = self.now + self.config.ping_interval;
