@@ -1,5 +1,8 @@
 // Bun peer for benches/relay.rs: Bun.serve with the built-in WebSocket pub/sub.
-//   bun bun-server.js --port P [--echo]      (or WSCHAT_PEER_ECHO=1)
+//   bun bun-server.js --port P [--echo] [--deflate]
+//   (or WSCHAT_PEER_ECHO=1, WSCHAT_PEER_DEFLATE=1)
+// --deflate: `perMessageDeflate: true` (Bun's shared compressor) and every publish asks for
+// compression (`publish(room, msg, true)`): Bun then deflates once per subscriber.
 // On open the socket subscribes to the room named by the URL path; on message
 // `ws.publish(room, msg)` reaches every other subscriber (sender excluded), and in
 // echo mode `server.publish(room, msg)` reaches all of them. Text stays text.
@@ -7,9 +10,11 @@
 const args = Bun.argv.slice(2);
 let port = 6969;
 let echo = process.env.WSCHAT_PEER_ECHO === "1";
+let deflate = process.env.WSCHAT_PEER_DEFLATE === "1";
 for (let i = 0; i < args.length; i++) {
   if (args[i] === "--port") port = Number(args[++i]);
   else if (args[i] === "--echo") echo = true;
+  else if (args[i] === "--deflate") deflate = true;
 }
 
 const server = Bun.serve({
@@ -24,12 +29,13 @@ const server = Bun.serve({
   websocket: {
     // The harness holds idle connections for 60 s; keep Bun's idle timeout out of it.
     idleTimeout: 960,
+    perMessageDeflate: deflate,
     open(ws) {
       ws.subscribe(ws.data.room);
     },
     message(ws, msg) {
-      if (echo) server.publish(ws.data.room, msg);
-      else ws.publish(ws.data.room, msg);
+      if (echo) server.publish(ws.data.room, msg, deflate);
+      else ws.publish(ws.data.room, msg, deflate);
     },
   },
 });

@@ -1,11 +1,14 @@
 // Node peer for benches/relay.rs: the classic tutorial relay, kept as it was except
 // where noted.
-//   node node-server.js --port P [--echo]      (or WSCHAT_PEER_ECHO=1)
+//   node node-server.js --port P [--echo] [--deflate]
+//   (or WSCHAT_PEER_ECHO=1, WSCHAT_PEER_DEFLATE=1)
 // Tutorial logic: one `ws` WebSocketServer; on message, send to every client
 // except the sender that is OPEN. Differences from the tutorial, for fairness:
 //  - `send(data, { binary: isBinary })`, so a text message stays text (the tutorial
 //    sends the raw Buffer, which always goes out as binary);
 //  - `--echo` delivers to every OPEN client, sender included (the echo scenario);
+//  - `--deflate` turns on `perMessageDeflate: true` (ws's defaults: messages of 1 KiB and
+//    more compressed, per connection, with context takeover unless the client declines);
 //  - an HTTP server in front answers GET /healthz with 200 so the harness can tell
 //    when it is ready; express is not used.
 // All clients share one room, as in the tutorial: the URL path is ignored.
@@ -16,9 +19,11 @@ const { WebSocketServer, WebSocket } = require("ws");
 const args = process.argv.slice(2);
 let port = 6969;
 let echo = process.env.WSCHAT_PEER_ECHO === "1";
+let deflate = process.env.WSCHAT_PEER_DEFLATE === "1";
 for (let i = 0; i < args.length; i++) {
   if (args[i] === "--port") port = Number(args[++i]);
   else if (args[i] === "--echo") echo = true;
+  else if (args[i] === "--deflate") deflate = true;
 }
 
 const server = http.createServer((req, res) => {
@@ -30,7 +35,7 @@ const server = http.createServer((req, res) => {
     res.end();
   }
 });
-const wss = new WebSocketServer({ server });
+const wss = new WebSocketServer({ server, perMessageDeflate: deflate });
 
 wss.on("connection", (ws) => {
   ws.on("error", console.error);

@@ -61,6 +61,10 @@ Options:
                               the system bundle]
   --redis-sharded             use Redis 7 sharded pub/sub (SSUBSCRIBE/SPUBLISH) on one
                               endpoint
+  --compression off|on        accept permessage-deflate offers: a room message is
+                              compressed once for every member that negotiated it
+                              [default: off]
+  --compression-min BYTES     messages shorter than this go uncompressed [default: 1K]
   --no-systemd                ignore LISTEN_FDS and NOTIFY_SOCKET
   -h, --help                  print this help
   -V, --version               print the version
@@ -204,6 +208,18 @@ pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageErro
             "--max-outbound-total" => config.max_outbound_total = bytes(flag, &value()?)?,
             "--max-memory" => config.max_memory = Some(bytes(flag, &value()?)?),
             "--history-bytes" => config.history_bytes = bytes(flag, &value()?)?,
+            "--compression-min" => config.compression_min = bytes(flag, &value()?)?,
+            "--compression" => {
+                config.compression = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => {
+                        return Err(UsageError(format!(
+                            "--compression {other:?}: use off or on"
+                        )));
+                    }
+                }
+            }
             "--slow-client" => {
                 let v = value()?;
                 config.slow_client = SlowClientPolicy::parse(&v).ok_or_else(|| {
@@ -376,6 +392,18 @@ mod tests {
         assert_eq!(config.port, 6969);
         assert_eq!(config.bind.to_string(), "0.0.0.0");
         assert!(!config.echo);
+        assert!(!config.compression, "compression is off unless asked for");
+        assert_eq!(config.compression_min, 1024);
+    }
+
+    #[test]
+    fn compression_flags() {
+        let config = run(&["--compression", "on", "--compression-min=4K"]).unwrap();
+        assert!(config.compression);
+        assert_eq!(config.compression_min, 4096);
+        assert!(!run(&["--compression=off"]).unwrap().compression);
+        assert!(run(&["--compression", "yes"]).is_err());
+        assert!(run(&["--compression"]).is_err());
     }
 
     #[test]

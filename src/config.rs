@@ -47,6 +47,10 @@ pub const DEFAULT_HISTORY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(3600);
 /// Longest room name (URL path) accepted, in bytes.
 pub const MAX_ROOM_NAME: usize = 256;
+/// Smallest message compressed with `--compression on`. Below about 1 KiB a chat line
+/// shrinks by a few dozen bytes at best (deflate's block header and Huffman tables eat the
+/// gain), while compressing it still costs the server and every recipient's inflater.
+pub const DEFAULT_COMPRESSION_MIN: usize = 1024;
 /// Upper bound on a --static-dir folder loaded into memory.
 pub const MAX_STATIC_DIR_BYTES: usize = 16 * 1024 * 1024;
 
@@ -168,6 +172,11 @@ pub struct Config {
     /// `--redis-ca`: PEM CA certificates a `rediss://` server must chain to, replacing the
     /// system's roots. Read at start-up; ignored for `redis://`.
     pub redis_ca: Option<PathBuf>,
+    /// Accept permessage-deflate (RFC 7692) offers (`--compression on`). Off by default, as
+    /// in every peer: see the README for why and when to turn it on.
+    pub compression: bool,
+    /// Messages shorter than this go uncompressed even to members with deflate.
+    pub compression_min: usize,
 }
 
 impl Default for Config {
@@ -203,6 +212,8 @@ impl Default for Config {
             tls_port: None,
             reuse_port: false,
             redis_ca: None,
+            compression: false,
+            compression_min: DEFAULT_COMPRESSION_MIN,
         }
     }
 }
@@ -296,6 +307,13 @@ impl Config {
         let inbound_per_conn = (self.max_message_size as u64)
             .saturating_mul(2)
             .saturating_add(READ_BUFFER_SIZE as u64);
+        let inbound_per_conn = if self.compression {
+            // A compressed message in flight: its compressed bytes (at most about the limit),
+            // then its inflated frame until tungstenite has copied it.
+            inbound_per_conn.saturating_add((self.max_message_size as u64).saturating_mul(2))
+        } else {
+            inbound_per_conn
+        };
         let history = if self.history > 0 {
             // Rooms are bounded by connections (a room exists while it has members or history).
             self.history_bytes as u64

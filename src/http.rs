@@ -134,6 +134,9 @@ pub struct Request {
     pub host: Option<String>,
     pub origin: Option<String>,
     pub if_none_match: Option<String>,
+    /// Every `Sec-WebSocket-Extensions` line, joined with ", " (several lines are one
+    /// comma-separated list, RFC 9110 5.3): the offers `deflate::negotiate` reads.
+    pub extensions: Option<String>,
     /// Present when the request asks to become a WebSocket.
     pub upgrade: Option<Upgrade>,
 }
@@ -146,6 +149,9 @@ pub struct Upgrade {
 
 /// The result of offering the bytes received so far.
 #[derive(Debug, PartialEq, Eq)]
+// The request lives on the stack for one call per request head: boxing it would cost an
+// allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Head {
     /// More bytes are needed.
     Partial,
@@ -194,6 +200,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
     let mut host = None;
     let mut origin = None;
     let mut if_none_match = None;
+    let mut extensions: Option<String> = None;
     let mut connection_tokens = String::new();
     let mut upgrade_websocket = false;
     let mut upgrade_header = false;
@@ -230,6 +237,15 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
                     all.push_str(value);
                 }
                 None => protocols = Some(value.to_string()),
+            }
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            // Bounded by the head size limit, like every other header.
+            match &mut extensions {
+                Some(list) => {
+                    list.push_str(", ");
+                    list.push_str(value);
+                }
+                None => extensions = Some(value.to_string()),
             }
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             ws_version = Some(value.to_string());
@@ -282,6 +298,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
             host,
             origin,
             if_none_match,
+            extensions,
             upgrade,
         },
         len,
@@ -464,8 +481,10 @@ impl ResponseHead {
     }
 }
 
-/// The 101 that completes the WebSocket opening handshake.
-pub fn switching_protocols(key: &str, protocol: Option<&str>) -> Vec<u8> {
+/// The 101 that completes the WebSocket opening handshake: `protocol` is the subprotocol
+/// selected from the client's offer, `extensions` the accepted `Sec-WebSocket-Extensions`
+/// answer (permessage-deflate), if any.
+pub fn switching_protocols(key: &str, protocol: Option<&str>, extensions: Option<&str>) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut head = ResponseHead::new(Status::SwitchingProtocols)
         .header("Upgrade", "websocket")
@@ -474,6 +493,9 @@ pub fn switching_protocols(key: &str, protocol: Option<&str>) -> Vec<u8> {
     if let Some(protocol) = protocol {
         // RFC 6455 4.2.2: the one subprotocol selected from the client's offer.
         head = head.header("Sec-WebSocket-Protocol", protocol);
+    }
+    if let Some(extensions) = extensions {
+        head = head.header("Sec-WebSocket-Extensions", extensions);
     }
     head.finish(None, true)
 }
@@ -610,9 +632,9 @@ mod tests {
     #[test]
     fn the_101_names_the_selected_subprotocol_only_when_there_is_one() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        let v1 = String::from_utf8(switching_protocols(key, Some("wschat.v1"))).unwrap();
+        let v1 = String::from_utf8(switching_protocols(key, Some("wschat.v1"), None)).unwrap();
         assert!(v1.contains("Sec-WebSocket-Protocol: wschat.v1\r\n"));
-        let raw = String::from_utf8(switching_protocols(key, None)).unwrap();
+        let raw = String::from_utf8(switching_protocols(key, None, None)).unwrap();
         assert!(!raw.contains("Sec-WebSocket-Protocol"));
     }
 
@@ -661,9 +683,33 @@ mod tests {
     }
 
     #[test]
+    fn extension_offers_are_kept_and_several_lines_joined() {
+        assert_eq!(complete(UPGRADE).extensions, None);
+        let text = UPGRADE.replace(
+            "Sec-WebSocket-Version: 13\r\n",
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: x-foo, permessage-deflate; \
+             client_max_window_bits\r\nsec-websocket-extensions:  permessage-deflate \r\n",
+        );
+        assert_eq!(
+            complete(&text).extensions.as_deref(),
+            Some("x-foo, permessage-deflate; client_max_window_bits, permessage-deflate")
+        );
+        let response = String::from_utf8(switching_protocols(
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            None,
+            Some("permessage-deflate; server_no_context_takeover"),
+        ))
+        .unwrap();
+        assert!(response.contains(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n"
+        ));
+        assert!(response.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
     fn the_accept_key_matches_the_rfc_example() {
         let response =
-            String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
+            String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None, None)).unwrap();
         assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }

@@ -94,6 +94,9 @@ pub struct Room {
     /// The members that speak `wschat.v1`, by connection key (raw members have no entry).
     named: HashMap<usize, NamedMember>,
     presence: PresenceNews,
+    /// Members that negotiated permessage-deflate: fan-out compresses (and looks at each
+    /// member's agreement) only when this is above 0, so other rooms pay nothing.
+    deflate_members: usize,
 }
 
 impl Room {
@@ -193,6 +196,11 @@ impl Room {
             &news.left,
             news.more,
         ))
+    }
+
+    /// Members that negotiated permessage-deflate.
+    pub fn deflate_members(&self) -> usize {
+        self.deflate_members
     }
 }
 
@@ -304,6 +312,7 @@ impl Rooms {
                     last_seq: 0,
                     named: HashMap::new(),
                     presence: PresenceNews::default(),
+                    deflate_members: 0,
                 });
                 self.rooms_created += 1;
                 self.by_name.insert(name.into(), key);
@@ -329,6 +338,18 @@ impl Rooms {
             slot: entry.members.len() - 1,
             first_member,
             presence_due,
+        }
+    }
+
+    /// Counts a member with permessage-deflate in (`joined`) or out of its room. Called by
+    /// the loop after `join` and before `leave` for the members that negotiated it.
+    pub fn count_deflate_member(&mut self, room: RoomKey, joined: bool) {
+        if let Some(entry) = self.table.get_mut(room) {
+            entry.deflate_members = if joined {
+                entry.deflate_members + 1
+            } else {
+                entry.deflate_members.saturating_sub(1)
+            };
         }
     }
 

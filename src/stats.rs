@@ -86,6 +86,8 @@ pub struct Stats {
     pub messages_received: u64,
     pub bytes_received: u64,
     pub deliveries: u64,
+    /// Deliveries that went as a shared permessage-deflate frame.
+    pub deliveries_compressed: u64,
     pub bytes_sent: u64,
     pub dropped: [u64; 4],
     pub slow_client_closes: u64,
@@ -110,6 +112,25 @@ pub struct Gauges {
     pub process: ProcessInfo,
     /// Extra lines (the Redis link) rendered as they are.
     pub extra: String,
+    /// permessage-deflate counters, kept by the compressor and the inflater themselves.
+    pub compression: CompressionFigures,
+}
+
+/// What the process-wide compressor and inflater did (all zero with compression off).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompressionFigures {
+    /// Room messages compressed (once each) to something smaller.
+    pub compressed_messages: u64,
+    /// Their payload bytes before compression.
+    pub compressed_bytes_before: u64,
+    /// Their payload bytes after.
+    pub compressed_bytes_after: u64,
+    /// Client messages inflated.
+    pub inflated_messages: u64,
+    /// Their compressed payload bytes.
+    pub inflated_bytes_before: u64,
+    /// Their payload bytes once inflated.
+    pub inflated_bytes_after: u64,
 }
 
 impl Stats {
@@ -226,6 +247,49 @@ impl Stats {
             c,
             "Bytes written to client sockets.",
             self.bytes_sent,
+        );
+        let z = &gauges.compression;
+        page.single(
+            "wschat_compressed_messages_total",
+            c,
+            "Room messages compressed once (permessage-deflate) for the members that negotiated it.",
+            z.compressed_messages,
+        );
+        page.single(
+            "wschat_compressed_input_bytes_total",
+            c,
+            "Payload bytes of those messages before compression.",
+            z.compressed_bytes_before,
+        );
+        page.single(
+            "wschat_compressed_output_bytes_total",
+            c,
+            "Payload bytes of those messages after compression.",
+            z.compressed_bytes_after,
+        );
+        page.single(
+            "wschat_compressed_deliveries_total",
+            c,
+            "Deliveries that went as a shared compressed frame.",
+            self.deliveries_compressed,
+        );
+        page.single(
+            "wschat_inflated_messages_total",
+            c,
+            "Compressed client messages inflated.",
+            z.inflated_messages,
+        );
+        page.single(
+            "wschat_inflated_input_bytes_total",
+            c,
+            "Compressed payload bytes of those messages.",
+            z.inflated_bytes_before,
+        );
+        page.single(
+            "wschat_inflated_output_bytes_total",
+            c,
+            "Payload bytes of those messages once inflated.",
+            z.inflated_bytes_after,
         );
         page.by_reason(
             "wschat_messages_dropped_total",
@@ -455,6 +519,7 @@ mod tests {
             draining: false,
             process: ProcessInfo::read(),
             extra: String::new(),
+            compression: CompressionFigures::default(),
         }
     }
 

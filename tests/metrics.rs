@@ -30,6 +30,14 @@ const REQUIRED: &[(&str, &str)] = &[
     ("process_resident_memory_bytes", "gauge"),
     ("process_open_fds", "gauge"),
     ("wschat_uptime_seconds", "gauge"),
+    // permessage-deflate (issue 13): present, and zero, with compression off.
+    ("wschat_compressed_messages_total", "counter"),
+    ("wschat_compressed_input_bytes_total", "counter"),
+    ("wschat_compressed_output_bytes_total", "counter"),
+    ("wschat_compressed_deliveries_total", "counter"),
+    ("wschat_inflated_messages_total", "counter"),
+    ("wschat_inflated_input_bytes_total", "counter"),
+    ("wschat_inflated_output_bytes_total", "counter"),
 ];
 
 #[derive(Debug)]
@@ -366,6 +374,23 @@ fn the_page_is_strict_prometheus_text_0_0_4_with_every_family() {
             &[("reason", reason)],
         );
     }
+    for (name, _) in REQUIRED
+        .iter()
+        .filter(|(n, _)| n.contains("compressed_") || n.contains("inflated_"))
+    {
+        assert_eq!(
+            value(&families, name, &[]),
+            0.0,
+            "{name} with compression off"
+        );
+    }
+    for reason in ["invalid_utf8", "invalid_compressed_data", "message_too_big"] {
+        value(
+            &families,
+            "wschat_connections_closed_total",
+            &[("reason", reason)],
+        );
+    }
     assert!(value(&families, "process_resident_memory_bytes", &[]) > 1e5);
     assert!(value(&families, "process_open_fds", &[]) >= 4.0);
     assert!(value(&families, "wschat_uptime_seconds", &[]) > 0.0);
@@ -376,6 +401,53 @@ fn the_page_is_strict_prometheus_text_0_0_4_with_every_family() {
         iterations
     );
     drop(a);
+}
+
+/// With `--compression on`, the deflate families count what was compressed and inflated, and
+/// the page stays strict.
+#[test]
+fn the_compression_families_count_both_ways() {
+    use std::io::Write;
+    let server = start(Config {
+        compression: true,
+        ..config()
+    });
+    let request = upgrade_request_to(
+        "localhost",
+        "/z",
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+    );
+    let (mut sender, head) = server.raw_request(request.as_bytes());
+    assert!(head.contains("permessage-deflate"), "{head}");
+    let mut receiver = server.raw_request(request.as_bytes()).0;
+    wait_for_members(&server, 2);
+    let text = "{\"user\":\"ada\",\"text\":\"hello hello hello\"}\n".repeat(60);
+    let compressed = miniz_oxide::deflate::compress_to_vec(text.as_bytes(), 6);
+    sender.write_all(&frame(0xc1, &compressed, true)).unwrap();
+    let (first, payload) = read_frame(&mut receiver);
+    assert_eq!(first, 0xc1);
+    let families = parse_exposition(&server.get("/metrics").body_text());
+    let count = |name: &str| value(&families, name, &[]);
+    assert_eq!(count("wschat_inflated_messages_total"), 1.0);
+    assert_eq!(
+        count("wschat_inflated_input_bytes_total"),
+        compressed.len() as f64
+    );
+    assert_eq!(
+        count("wschat_inflated_output_bytes_total"),
+        text.len() as f64
+    );
+    assert_eq!(count("wschat_compressed_messages_total"), 1.0);
+    assert_eq!(
+        count("wschat_compressed_input_bytes_total"),
+        text.len() as f64
+    );
+    assert_eq!(
+        count("wschat_compressed_output_bytes_total"),
+        payload.len() as f64
+    );
+    assert_eq!(count("wschat_compressed_deliveries_total"), 1.0);
+    assert_eq!(count("wschat_deliveries_total"), 1.0);
 }
 
 /// The Redis link's families, present whenever `--redis` is set.

@@ -5,6 +5,7 @@
 //!   cargo bench --bench relay                       all scenarios
 //!   cargo bench --bench relay -- fanout --runs 3 --servers wschat,limit,bun,node
 //!   cargo bench --bench relay -- --smoke            small sizes, one run
+//!   cargo bench --bench relay -- compression        permessage-deflate fan-out
 //!   cargo bench --bench relay -- --help
 //!
 //! The server runs on CPU 0, this generator on CPU 1; both CPU times are
@@ -33,9 +34,10 @@ enum Scenario {
     ManyConns,
     Large,
     CrossNode,
+    Compression,
 }
 
-const ALL: [Scenario; 7] = [
+const ALL: [Scenario; 8] = [
     Scenario::Fanout,
     Scenario::FixedRate,
     Scenario::AllToAll,
@@ -43,6 +45,7 @@ const ALL: [Scenario; 7] = [
     Scenario::ManyConns,
     Scenario::Large,
     Scenario::CrossNode,
+    Scenario::Compression,
 ];
 
 impl Scenario {
@@ -55,6 +58,7 @@ impl Scenario {
             Scenario::ManyConns => "many-conns",
             Scenario::Large => "large",
             Scenario::CrossNode => "cross-node",
+            Scenario::Compression => "compression",
         }
     }
 
@@ -70,6 +74,7 @@ impl Scenario {
                 "many" | "conns" => Some(Scenario::ManyConns),
                 "large-messages" => Some(Scenario::Large),
                 "cross" | "redis" => Some(Scenario::CrossNode),
+                "deflate" | "permessage-deflate" => Some(Scenario::Compression),
                 _ => None,
             })
     }
@@ -92,6 +97,7 @@ struct Cfg {
     hold: Duration,
     large_subs: usize,
     large_size: usize,
+    compression_size: usize,
     log_dir: PathBuf,
 }
 
@@ -99,6 +105,7 @@ const USAGE: &str = "\
 usage: cargo bench --bench relay -- [SCENARIO ...] [OPTIONS]
 
 scenarios (default: all): fanout fixed-rate all-to-all idle-memory many-conns large cross-node
+                          compression
 
 options:
   --runs N            runs per server and scenario (default 5; many-conns 1)
@@ -118,6 +125,7 @@ options:
   --hold S            many-conns hold time (default 60)
   --large-subs N      large: subscribers (default 100)
   --large-size BYTES  large: message size (default 65536)
+  --compression-size BYTES  compression: JSON-like message size (default 2048)
 ";
 
 fn parse_args() -> Result<Cfg, String> {
@@ -138,6 +146,7 @@ fn parse_args() -> Result<Cfg, String> {
         hold: Duration::from_secs(60),
         large_subs: 100,
         large_size: 64 * 1024,
+        compression_size: 2048,
         log_dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join("relay-logs"),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -189,6 +198,7 @@ fn parse_args() -> Result<Cfg, String> {
             "--hold" => cfg.hold = secs(val(a)?)?,
             "--large-subs" => cfg.large_subs = int(val(a)?)?.max(1),
             "--large-size" => cfg.large_size = int(val(a)?)?.max(ws::HDR),
+            "--compression-size" => cfg.compression_size = int(val(a)?)?.max(ws::HDR),
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}")),
             s => cfg
                 .scenarios
@@ -273,6 +283,10 @@ fn main() {
             cross_node(&cfg);
             continue;
         }
+        if sc == Scenario::Compression {
+            compression(&cfg, &servers);
+            continue;
+        }
         let runs = cfg
             .runs
             .unwrap_or(if sc == Scenario::ManyConns { 1 } else { 5 });
@@ -338,7 +352,7 @@ fn describe(sc: Scenario, c: &Cfg) -> String {
             "1 publisher, {} subscribers, {} B messages, window 4, {d} s",
             c.large_subs, c.large_size
         ),
-        Scenario::CrossNode => String::new(),
+        Scenario::CrossNode | Scenario::Compression => String::new(),
     }
 }
 
@@ -365,7 +379,7 @@ fn run_one(sc: Scenario, kind: Kind, cfg: &Cfg, tag: &str) -> RunResult {
         Scenario::AllToAll => all_to_all(&mut t, cfg),
         Scenario::IdleMemory => idle_memory(&mut t, cfg),
         Scenario::ManyConns => many_conns(&mut t, cfg),
-        Scenario::CrossNode => unreachable!("handled in main"),
+        Scenario::CrossNode | Scenario::Compression => unreachable!("handled in main"),
     }
 }
 
@@ -380,6 +394,8 @@ struct FanParams {
     warmup: Duration,
     duration: Duration,
     large: bool,
+    /// Offer permessage-deflate and send JSON-like bodies (the compression scenario).
+    deflate: bool,
 }
 
 impl FanParams {
@@ -393,6 +409,7 @@ impl FanParams {
             warmup: c.warmup,
             duration: c.duration,
             large: false,
+            deflate: false,
         }
     }
     fn fixed_rate(c: &Cfg) -> Self {
@@ -423,6 +440,8 @@ struct Snap {
     sent: u64,
     srv_cpu: Duration,
     gen_cpu: Duration,
+    wire: u64,
+    inflated: u64,
 }
 
 /// Fails a run in which nothing has been delivered for 3 s (a server that stopped relaying),
@@ -490,6 +509,8 @@ fn snap(g: &Gen, t: &Target, sent: u64) -> Snap {
         sent,
         srv_cpu: t.cpu(),
         gen_cpu: stats::self_cpu(),
+        wire: g.c.wire_bytes,
+        inflated: g.c.inflated,
     }
 }
 
@@ -543,6 +564,10 @@ fn connect_all(
 fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
     let rbuf = (2 * (p.size + 14)).max(64 * 1024);
     let mut g = Gen::new(p.pubs, rbuf, p.size).map_err(|e| e.to_string())?;
+    if p.deflate {
+        g.offer_deflate = true;
+        g.set_corpus(p.size + 256 * 1024);
+    }
     let subs = connect_all(&mut g, t.sub_addr, p.subs, 60)?;
     let pubs = connect_all(&mut g, t.pub_addr, p.pubs, 60)?;
     for (k, i) in pubs.clone().enumerate() {
@@ -644,6 +669,17 @@ fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
         ));
     }
     window_metrics(&g, &s0, &s1, &mut out);
+    if p.deflate {
+        let delivered = (s1.delivered - s0.delivered).max(1) as f64;
+        out.push(m(
+            "wire bytes/delivery",
+            (s1.wire - s0.wire) as f64 / delivered,
+        ));
+        out.push(m(
+            "compressed share",
+            (s1.inflated - s0.inflated) as f64 / delivered,
+        ));
+    }
     out.push(m(
         "lost messages",
         (g.c.gaps + g.tail_missing(false)) as f64,
@@ -784,6 +820,69 @@ fn many_conns(t: &mut Target, cfg: &Cfg) -> RunResult {
     ];
     g.close_all();
     Ok(out)
+}
+
+/// permessage-deflate fan-out: the fanout load (subscribers, publishers, window) with
+/// JSON-like chat lines of `--compression-size` bytes, every client offering deflate as Chrome
+/// does and inflating every compressed delivery. wschat with `--compression on` (one
+/// compression per room message) against Bun (`perMessageDeflate`, publishing compressed) and
+/// Node `ws` (`perMessageDeflate`), which compress per subscriber, and wschat with
+/// compression off (the same offers declined) as the baseline. Publishers send plain frames
+/// (RSV1 clear, which a client may always do): what is measured is the server's delivery.
+fn compression(cfg: &Cfg, servers: &[Kind]) {
+    let p = FanParams {
+        size: cfg.compression_size,
+        deflate: true,
+        ..FanParams::fanout(cfg)
+    };
+    println!(
+        "\n== compression == {} subscribers + {} publishers, one room, {} B JSON-like text, \
+         window {} per publisher, {} s; clients offer permessage-deflate and inflate every \
+         compressed delivery",
+        p.subs,
+        p.pubs,
+        p.size,
+        p.window,
+        p.duration.as_secs_f64()
+    );
+    let on = |flag: &str| vec![flag.to_string()];
+    let mut variants: Vec<(&str, Kind, Vec<String>)> = Vec::new();
+    if servers.contains(&Kind::Wschat) {
+        variants.push((
+            "wschat",
+            Kind::Wschat,
+            vec!["--compression".into(), "on".into()],
+        ));
+    }
+    if servers.contains(&Kind::Bun) {
+        variants.push(("bun", Kind::Bun, on("--deflate")));
+    }
+    if servers.contains(&Kind::Node) {
+        variants.push(("node", Kind::Node, on("--deflate")));
+    }
+    if servers.contains(&Kind::Wschat) {
+        variants.push(("wschat-off", Kind::Wschat, Vec::new()));
+    }
+    let mut results: Vec<Slot> = variants
+        .iter()
+        .map(|(name, _, _)| (name.to_string(), Vec::new(), 0))
+        .collect();
+    for run in 0..cfg.runs.unwrap_or(5) {
+        for (vi, (name, kind, extra)) in variants.iter().enumerate() {
+            let res = (|| {
+                let opts = Options {
+                    echo: false,
+                    max_connections: None,
+                    extra: extra.clone(),
+                };
+                let tag = format!("compression-{name}-{run}");
+                let mut t = Target::single(ServerProc::start(*kind, &opts, &cfg.log_dir, &tag)?);
+                fanout(&mut t, &p)
+            })();
+            record(&mut results[vi], name, run, res);
+        }
+    }
+    report(&results);
 }
 
 /// Publishers on node A, subscribers on node B, one redis-server between them;

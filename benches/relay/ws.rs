@@ -15,8 +15,16 @@
 //! - Each socket is read once per readiness event into its 64 KiB buffer (a
 //!   short read means drained), so the kernel's cost (the read and the ACK it
 //!   triggers) is paid per batch the server wrote, not per message.
+//! - With `offer_deflate`, every upgrade offers permessage-deflate as Chrome does
+//!   (`client_max_window_bits`); a connection whose 101 accepts it inflates every
+//!   compressed (RSV1) message with its own inflate stream, which keeps the 32 KiB
+//!   window a server with context takeover refers back into, before checking it. Bodies
+//!   then come from a JSON-like chat corpus (`set_corpus`), at a different offset for
+//!   each message, so that neither side compresses a message against an identical one.
 
 use crate::stats::Histogram;
+use miniz_oxide::inflate::stream::{InflateState, inflate};
+use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Read, Write};
@@ -38,6 +46,10 @@ const WS_ACCEPT: &[u8] = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const MAX_PENDING: usize = 256;
 /// Source addresses 127.0.0.1 ..= 127.0.0.N the connections rotate over.
 const SOURCE_ADDRS: u32 = 16;
+/// Chrome's permessage-deflate offer.
+const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
+/// What a sync flush ends with; the sender strips it, the receiver appends it (RFC 7692 7.2.2).
+const TRAILER: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Phase {
@@ -64,6 +76,8 @@ pub struct Conn {
     pub sent: u64,
     pub received: u64,
     dirty: bool,
+    /// The 101 accepted permessage-deflate: this connection's inflate stream.
+    inflate: Option<Box<InflateState>>,
 }
 
 /// What the generator counts; separate from the connections so that a
@@ -91,6 +105,12 @@ pub struct Counters {
     pub pending: usize,
     pub last_error: String,
     now_ns: u64,
+    /// Bytes read on open connections, frames as they came: the bytes on the wire.
+    pub wire_bytes: u64,
+    /// Deliveries that arrived compressed (RSV1) and were inflated.
+    pub inflated: u64,
+    /// Where a compressed message is inflated (reused).
+    inflate_out: Vec<u8>,
 }
 
 pub struct Gen {
@@ -104,6 +124,10 @@ pub struct Gen {
     /// Masked 'x' padding; index i holds b'x' ^ MASK[i % 4], copied from HDR on.
     pad: Vec<u8>,
     request: Vec<u8>,
+    /// Offer permessage-deflate in every upgrade (set before connecting).
+    pub offer_deflate: bool,
+    /// Masked text that message bodies are cut from; None: the 'x' padding.
+    corpus: Option<Vec<u8>>,
 }
 
 impl Gen {
@@ -138,13 +162,30 @@ impl Gen {
                 pending: 0,
                 last_error: String::new(),
                 now_ns: 0,
+                wire_bytes: 0,
+                inflated: 0,
+                inflate_out: Vec::new(),
             },
             rbuf_size,
             n_pubs,
             dirty: Vec::new(),
             pad,
             request: Vec::new(),
+            offer_deflate: false,
+            corpus: None,
         })
+    }
+
+    /// Message bodies from now on: `len` bytes of JSON-like chat lines (at least the
+    /// largest body plus some room to vary the offset), masked once.
+    pub fn set_corpus(&mut self, len: usize) {
+        let text = chat_corpus(len);
+        self.corpus = Some(
+            text.iter()
+                .enumerate()
+                .map(|(i, b)| b ^ MASK[i % 4])
+                .collect(),
+        );
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -168,10 +209,15 @@ impl Gen {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         self.request.clear();
+        let offer = if self.offer_deflate {
+            format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
+        } else {
+            String::new()
+        };
         write!(
             self.request,
             "GET /{room} HTTP/1.1\r\nHost: {dst}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             {offer}Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )?;
         let mut wbuf = Vec::with_capacity(256);
         wbuf.extend_from_slice(&self.request);
@@ -189,6 +235,7 @@ impl Gen {
             sent: 0,
             received: 0,
             dirty: false,
+            inflate: None,
         });
         self.c.pending += 1;
         Ok(idx)
@@ -254,7 +301,16 @@ impl Gen {
         w.extend_from_slice(&MASK);
         w.extend(hdr.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
         // HDR is a multiple of 4, so the padding's mask phase starts at 0 again.
-        w.extend_from_slice(&self.pad[HDR..size]);
+        match &self.corpus {
+            Some(corpus) if corpus.len() > size => {
+                // A different stretch for each message, at a multiple of 4 (the mask phase).
+                let body = size - HDR;
+                let span = corpus.len() - body;
+                let at = (conn.sent.wrapping_mul(2_654_435_761) as usize % span) & !3;
+                w.extend_from_slice(&corpus[at..at + body]);
+            }
+            _ => w.extend_from_slice(&self.pad[HDR..size]),
+        }
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(idx);
@@ -414,6 +470,7 @@ impl Conn {
                     let space = self.rbuf.len() - self.rlen;
                     self.rlen += n;
                     c.reads += 1;
+                    c.wire_bytes += n as u64;
                     c.now_ns = 0; // taken lazily, once per read
                     if self.phase == Phase::Handshake && !self.handshake(c) {
                         return;
@@ -458,6 +515,12 @@ impl Conn {
             self.fail(c, "handshake: wrong Sec-WebSocket-Accept".into());
             return false;
         }
+        let accepted = head
+            .windows(b"permessage-deflate".len())
+            .any(|w| w.eq_ignore_ascii_case(b"permessage-deflate"));
+        if accepted {
+            self.inflate = Some(InflateState::new_boxed(DataFormat::Raw));
+        }
         self.rbuf.copy_within(end + 4..self.rlen, 0);
         self.rlen -= end + 4;
         self.phase = Phase::Open;
@@ -477,6 +540,7 @@ impl Conn {
             frag,
             frag_len,
             received,
+            inflate: inflate_state,
             ..
         } = self;
         let cap = rbuf.len();
@@ -515,6 +579,24 @@ impl Conn {
             pos += hl + len;
             let fin = b0 & 0x80 != 0;
             match b0 & 0x0f {
+                1 | 2 if b0 & 0x40 != 0 => {
+                    // Compressed: inflated whole (servers send it in one frame), then checked.
+                    let mut out = std::mem::take(&mut c.inflate_out);
+                    let inflated = match inflate_state.as_deref_mut() {
+                        Some(state) if fin => inflate_message(state, payload, &mut out),
+                        _ => false,
+                    };
+                    if inflated {
+                        c.inflated += 1;
+                        deliver(c, next_seq, received, parse_hdr(&out), out.len());
+                    } else {
+                        failure = Some("compressed frame that does not inflate".into());
+                    }
+                    c.inflate_out = out;
+                    if failure.is_some() {
+                        break;
+                    }
+                }
                 1 | 2 => {
                     let h = parse_hdr(payload);
                     if fin {
@@ -555,6 +637,83 @@ impl Conn {
             self.rlen -= pos;
         }
     }
+}
+
+/// Inflates one compressed message (its trailer appended) into `out`, continuing the
+/// connection's stream (whose window a server with context takeover refers to). False on
+/// invalid data.
+fn inflate_message(state: &mut InflateState, payload: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    for mut input in [payload, &TRAILER[..]] {
+        loop {
+            if out.capacity() - out.len() < 1024 {
+                out.reserve(out.capacity().max(4096));
+            }
+            let start = out.len();
+            let room = out.capacity();
+            out.resize(room, 0);
+            let r = inflate(state, input, &mut out[start..], MZFlush::Sync);
+            out.truncate(start + r.bytes_written);
+            input = &input[r.bytes_consumed..];
+            match r.status {
+                // A final block ends the stream: the next message starts a new one.
+                Ok(MZStatus::StreamEnd) => {
+                    state.reset(DataFormat::Raw);
+                    return true;
+                }
+                Ok(_) | Err(MZError::Buf) => {}
+                Err(_) => return false,
+            }
+            let stuck = r.bytes_consumed == 0 && r.bytes_written == 0;
+            if stuck || (input.is_empty() && out.len() < room) {
+                break;
+            }
+        }
+    }
+    true
+}
+
+/// `len` bytes of JSON-like chat lines (ASCII), the same for every run: keys that repeat,
+/// words from a small vocabulary, numbers that vary. Deflate at level 6 takes it to about a
+/// third.
+pub fn chat_corpus(len: usize) -> Vec<u8> {
+    const WORDS: [&str; 48] = [
+        "hello", "there", "the", "meeting", "is", "at", "noon", "tomorrow", "can", "you", "send",
+        "me", "that", "file", "please", "thanks", "a", "lot", "I", "think", "we", "should", "ship",
+        "it", "today", "review", "looks", "good", "to", "merge", "after", "lunch", "tests", "pass",
+        "on", "my", "machine", "deploy", "failed", "again", "why", "not", "coffee", "break", "in",
+        "five", "minutes", "ok",
+    ];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut out = String::with_capacity(len + 256);
+    let mut i = 0u64;
+    while out.len() < len {
+        let _ = std::fmt::Write::write_fmt(
+            &mut out,
+            format_args!(
+                "{{\"type\":\"chat\",\"room\":\"lobby\",\"user\":\"user{}\",\"id\":{},\"ts\":{},\"text\":\"",
+                next(500),
+                1_000_000 + i,
+                1_700_000_000_000 + i * 1000 + next(1000)
+            ),
+        );
+        for w in 0..4 + next(20) {
+            if w > 0 {
+                out.push(' ');
+            }
+            out.push_str(WORDS[next(WORDS.len() as u64) as usize]);
+        }
+        out.push_str("\"}\n");
+        i += 1;
+    }
+    out.truncate(len);
+    out.into_bytes()
 }
 
 /// Counts one message received by a connection and checks its publisher's sequence.

@@ -5,13 +5,14 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
+use crate::deflate::{Agreement, InboundError, InboundInflate, Inflater};
 use crate::outbound::{Outbound, QueuedTotal};
 use crate::rate::TokenBucket;
 use crate::room::RoomKey;
@@ -40,6 +41,8 @@ pub enum CloseReason {
     ProtocolError,
     /// A text message was not UTF-8 (close 1007).
     InvalidUtf8,
+    /// A compressed message did not inflate (close 1007, as Node `ws` answers).
+    InvalidCompressedData,
     /// A message or frame over the size limit (close 1009).
     MessageTooBig,
     /// The outbound budget was exceeded under the close policy (close 1008).
@@ -66,11 +69,12 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for metrics that list them all.
-    pub const ALL: [CloseReason; 15] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::ClientClosed,
         CloseReason::ClientGone,
         CloseReason::ProtocolError,
         CloseReason::InvalidUtf8,
+        CloseReason::InvalidCompressedData,
         CloseReason::MessageTooBig,
         CloseReason::SlowConsumer,
         CloseReason::RateLimited,
@@ -90,6 +94,7 @@ impl CloseReason {
             CloseReason::ClientGone => "client_gone",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::InvalidCompressedData => "invalid_compressed_data",
             CloseReason::MessageTooBig => "message_too_big",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
@@ -114,6 +119,7 @@ impl CloseReason {
         let (code, reason) = match self {
             CloseReason::ProtocolError => (CloseCode::Protocol, "protocol error"),
             CloseReason::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8"),
+            CloseReason::InvalidCompressedData => (CloseCode::Invalid, "invalid compressed data"),
             CloseReason::MessageTooBig => (CloseCode::Size, "message too big"),
             CloseReason::SlowConsumer => (CloseCode::Policy, "slow consumer"),
             CloseReason::RateLimited => (CloseCode::Policy, "rate limit"),
@@ -144,8 +150,13 @@ impl fmt::Display for CloseReason {
 }
 
 /// The loop's one read buffer. Bytes read from a socket are handed to that connection's
-/// parser before the loop moves on, so between connections it is always empty.
+/// parser before the loop moves on, so between connections it is always empty. Beside it,
+/// the loop's one inflater for compressed client messages (each message inflates alone, so
+/// one serves every connection in turn).
 pub struct ReadScratch {
+    /// Inflates permessage-deflate messages, bounded by `--max-message-size`; its counters
+    /// feed `/metrics`.
+    pub inflater: Inflater,
     buffer: Box<[u8]>,
     start: usize,
     end: usize,
@@ -160,9 +171,11 @@ pub struct ReadScratch {
     handed: u64,
 }
 
-impl Default for ReadScratch {
-    fn default() -> Self {
+impl ReadScratch {
+    /// `max_message_size`: the largest inflated message accepted (close 1009 past it).
+    pub fn new(max_message_size: usize) -> Self {
         ReadScratch {
+            inflater: Inflater::new(max_message_size),
             buffer: vec![0; READ_SCRATCH_SIZE].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -218,15 +231,20 @@ impl ReadScratch {
 
     /// Copies pending bytes into `out`, reading the socket first when none are pending. The
     /// guard may withhold the bytes from an invalid UTF-8 sequence on: the bytes before it
-    /// are handed on, and the read after them fails with `InvalidUtf8Early`.
+    /// are handed on, and the read after them fails with `InvalidUtf8Early`. With deflate
+    /// negotiated, the bytes pass the inbound transform first (see `read_inflating`).
     fn read_into(
         &mut self,
         transport: &mut Transport,
         out: &mut [u8],
         guard: &mut Utf8Guard,
+        inflate: Option<&mut InboundInflate>,
     ) -> io::Result<usize> {
         if guard.failed() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8Early));
+        }
+        if let Some(inflate) = inflate {
+            return self.read_inflating(transport, out, guard, inflate);
         }
         if self.start == self.end && self.fill(transport, usize::MAX)? == 0 {
             return Ok(0);
@@ -241,6 +259,47 @@ impl ReadScratch {
         self.handed += n as u64;
         Ok(n)
     }
+
+    /// `read_into` for a connection that negotiated permessage-deflate. The chain is: this
+    /// buffer -> the connection's `InboundInflate` (compressed messages out, their inflated
+    /// frame in) -> the UTF-8 guard (which so checks inflated text) -> tungstenite, which
+    /// never sees RSV1 on a message we accepted. A transform error comes back as an
+    /// `InvalidData` error carrying the `InboundError`, for `classify`. Bytes the guard
+    /// withholds after the transform produced them are dropped on purpose: the guard has
+    /// failed, and every later read fails.
+    fn read_inflating(
+        &mut self,
+        transport: &mut Transport,
+        out: &mut [u8],
+        guard: &mut Utf8Guard,
+        inflate: &mut InboundInflate,
+    ) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.start == self.end
+                && !inflate.has_pending()
+                && self.fill(transport, usize::MAX)? == 0
+            {
+                return Ok(0);
+            }
+            let pulled = inflate
+                .pull(&self.buffer[self.start..self.end], out, &mut self.inflater)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            self.start += pulled.consumed;
+            if pulled.produced == 0 {
+                // Every byte went into a compressed message in flight: read on (this is not
+                // the end of the stream).
+                continue;
+            }
+            let n = guard.scan(&out[..pulled.produced]);
+            if n == 0 && guard.failed() {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8Early));
+            }
+            return Ok(n);
+        }
+    }
 }
 
 /// The stream tungstenite sees: reads come from the loop's scratch buffer (filled from the
@@ -252,11 +311,15 @@ struct LoopStream<'a> {
     outbound: &'a mut Outbound,
     queued_total: &'a mut QueuedTotal,
     guard: &'a mut Utf8Guard,
+    /// The permessage-deflate transform, when negotiated.
+    inflate: Option<&'a mut InboundInflate>,
 }
 
 impl Read for LoopStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.scratch.read_into(self.transport, buf, self.guard)
+        let inflate = self.inflate.as_deref_mut();
+        self.scratch
+            .read_into(self.transport, buf, self.guard, inflate)
     }
 }
 
@@ -268,6 +331,27 @@ impl Write for LoopStream<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Bytes of an unfinished message and since when they have been held, in 8 bytes: every
+/// connection carries it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Partial {
+    bytes: u32,
+    /// Milliseconds after the connection opened, plus one (0: nothing held).
+    since_ms: u32,
+}
+
+impl Partial {
+    fn hold(&mut self, bytes: usize, now: Instant, opened_at: Instant) {
+        self.bytes = self
+            .bytes
+            .saturating_add(u32::try_from(bytes).unwrap_or(u32::MAX));
+        if self.since_ms == 0 {
+            let after = now.saturating_duration_since(opened_at).as_millis();
+            self.since_ms = u32::try_from(after).unwrap_or(u32::MAX - 1) + 1;
+        }
     }
 }
 
@@ -283,10 +367,13 @@ pub struct WebSocketState {
     pub pinged: bool,
     /// `--max-rate`.
     pub rate: TokenBucket,
-    /// Bytes of an unfinished message tungstenite holds (the memory ceiling sheds by it), and
-    /// since when it has held some.
-    pub partial_inbound: usize,
-    pub partial_since: Option<Instant>,
+    /// permessage-deflate as agreed in the 101 (four bytes, in what was padding): fan-out
+    /// reads it for the members of rooms that have deflate members.
+    pub deflate: Option<Agreement>,
+    /// The inbound transform for compressed messages, boxed: only connections that
+    /// negotiated deflate have one (48 bytes idle), and the box pointer keeps this struct in
+    /// the allocator's size class it had before.
+    inflate: Option<Box<InboundInflate>>,
 }
 
 pub enum Phase {
@@ -340,6 +427,8 @@ pub struct Connection {
     pub upgraded: bool,
     /// Not read while the process is near its memory ceiling (it holds partial input).
     pub memory_paused: bool,
+    /// What tungstenite holds of an unfinished message: the memory ceiling sheds by it.
+    partial: Partial,
     /// It speaks `wschat.v1` (docs/protocol.md). Kept here, beside the other flags fan-out
     /// reads per delivery, not behind the WebSocket state's pointer; it fits their padding,
     /// so a raw member costs nothing more. Its name lives in its room.
@@ -370,6 +459,7 @@ impl Connection {
             upgraded: false,
             v1: false,
             memory_paused: false,
+            partial: Partial::default(),
         }
     }
 
@@ -378,7 +468,14 @@ impl Connection {
     pub fn partial_input(&self) -> (usize, Option<Instant>) {
         match &self.phase {
             Phase::Http { head } => (head.capacity(), None),
-            Phase::WebSocket(ws) => (ws.partial_inbound, ws.partial_since),
+            Phase::WebSocket(ws) => {
+                // A compressed message in flight is held by the inflate transform as well.
+                let inflating = ws.inflate.as_ref().map_or(0, |i| i.held_bytes());
+                let since = (self.partial.since_ms > 0).then(|| {
+                    self.opened_at + Duration::from_millis(u64::from(self.partial.since_ms - 1))
+                });
+                (self.partial.bytes as usize + inflating, since)
+            }
             Phase::Closing { .. } => (0, None),
         }
     }
@@ -431,11 +528,35 @@ impl Connection {
     }
 
     /// Switches to WebSocket after the 101 is queued; `rest` is what followed the head.
-    pub fn upgrade(&mut self, rest: Vec<u8>, config: WebSocketConfig, room: RoomKey, slot: usize) {
-        let rest_len = rest.len();
-        // The bytes after the head go to tungstenite directly: the guard sees them first.
+    /// `deflate`: the permessage-deflate agreement of the 101, if any.
+    pub fn upgrade(
+        &mut self,
+        rest: Vec<u8>,
+        config: WebSocketConfig,
+        room: RoomKey,
+        slot: usize,
+        deflate: Option<Agreement>,
+        inflater: &mut Inflater,
+    ) {
+        if !rest.is_empty() {
+            self.partial
+                .hold(rest.len(), self.last_heard, self.opened_at);
+        }
+        let mut inflate = deflate.map(|_| Box::new(InboundInflate::new(true)));
+        // The bytes after the head go to tungstenite directly, through the same stages as
+        // every later read: the transform, then the guard. An error stays in the transform
+        // (failed), which reports it on the first read.
+        let rest = match &mut inflate {
+            Some(inflate) => inflate_all(inflate, &rest, inflater),
+            None => rest,
+        };
         let mut guard = Utf8Guard::default();
-        guard.scan(&rest);
+        let passed = guard.scan(&rest);
+        let rest = if passed < rest.len() {
+            rest[..passed].to_vec()
+        } else {
+            rest
+        };
         self.phase = Phase::WebSocket(Box::new(WebSocketState {
             context: WebSocketContext::from_partially_read(rest, Role::Server, Some(config)),
             guard,
@@ -443,8 +564,8 @@ impl Connection {
             slot: Some(slot),
             pinged: false,
             rate: TokenBucket::new(self.last_heard),
-            partial_inbound: rest_len,
-            partial_since: (rest_len > 0).then_some(self.last_heard),
+            deflate,
+            inflate,
         }));
     }
 
@@ -468,6 +589,7 @@ impl Connection {
             outbound: &mut self.outbound,
             queued_total,
             guard: &mut ws.guard,
+            inflate: ws.inflate.as_deref_mut(),
         };
         let result = ws.context.read(&mut stream);
         if stream.scratch.bytes_read != before {
@@ -477,11 +599,9 @@ impl Connection {
         let handed = (stream.scratch.handed - handed_before) as usize;
         if result.is_ok() {
             // A whole message or control frame: tungstenite holds nothing unfinished.
-            ws.partial_inbound = 0;
-            ws.partial_since = None;
+            self.partial = Partial::default();
         } else if handed > 0 {
-            ws.partial_inbound += handed;
-            ws.partial_since.get_or_insert(now);
+            self.partial.hold(handed, now, self.opened_at);
         }
         match result {
             Ok(message @ (Message::Text(_) | Message::Binary(_))) => WsRead::Message(message),
@@ -530,6 +650,7 @@ impl Connection {
             outbound: &mut self.outbound,
             queued_total,
             guard: &mut ws.guard,
+            inflate: ws.inflate.as_deref_mut(),
         };
         let _ = ws.context.close(&mut stream, reason.close_frame());
     }
@@ -545,6 +666,7 @@ impl Connection {
             outbound: &mut self.outbound,
             queued_total,
             guard: &mut ws.guard,
+            inflate: ws.inflate.as_deref_mut(),
         };
         if ws
             .context
@@ -594,6 +716,25 @@ impl Connection {
     }
 }
 
+/// Runs bytes that arrived with the request head through a new connection's transform, as a
+/// read would: what comes out is what tungstenite gets first.
+fn inflate_all(inflate: &mut InboundInflate, input: &[u8], inflater: &mut Inflater) -> Vec<u8> {
+    let mut handed = Vec::with_capacity(input.len());
+    let mut out = [0u8; 4096];
+    let mut at = 0;
+    while at < input.len() || inflate.has_pending() {
+        match inflate.pull(&input[at..], &mut out, inflater) {
+            Ok(pulled) if pulled.consumed == 0 && pulled.produced == 0 => break,
+            Ok(pulled) => {
+                at += pulled.consumed;
+                handed.extend_from_slice(&out[..pulled.produced]);
+            }
+            Err(_) => break,
+        }
+    }
+    handed
+}
+
 /// Maps tungstenite's read errors to our close reasons (and so to close codes).
 fn classify(error: &WsError) -> CloseReason {
     match error {
@@ -608,6 +749,16 @@ fn classify(error: &WsError) -> CloseReason {
                 .is_some_and(|inner| inner.is::<InvalidUtf8Early>()) =>
         {
             CloseReason::InvalidUtf8
+        }
+        WsError::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<InboundError>()) => {
+            match e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<InboundError>())
+            {
+                Some(InboundError::TooBig) => CloseReason::MessageTooBig,
+                Some(InboundError::InvalidData) => CloseReason::InvalidCompressedData,
+                _ => CloseReason::ProtocolError,
+            }
         }
         WsError::Io(e)
             if matches!(
@@ -633,6 +784,35 @@ mod tests {
         for (place, reason) in CloseReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), place, "{reason}");
         }
+    }
+
+    #[test]
+    fn deflate_leaves_an_idle_websocket_in_the_same_allocation() {
+        // Before permessage-deflate, a WebSocketState was 384 bytes. The agreement fits in
+        // its padding and the transform is boxed (only for connections that negotiated it),
+        // so it grows by one pointer, which glibc serves from the same 400-byte chunk.
+        let size = std::mem::size_of::<WebSocketState>();
+        assert!(size <= 392, "{size}");
+        assert!(std::mem::size_of::<Connection>() <= 248);
+        // glibc's chunk for a request of n bytes on 64-bit targets: n plus an 8-byte header,
+        // rounded up to 16 (at least 32). (Asking malloc_usable_size is not reliable: a
+        // chunk split from a free one may come out larger.)
+        #[cfg(target_pointer_width = "64")]
+        {
+            let chunk = |n: usize| ((n + 8 + 15) & !15).max(32);
+            assert_eq!(chunk(size), chunk(384), "{size}");
+        }
+    }
+
+    #[test]
+    fn inbound_errors_map_to_their_close_codes() {
+        let code = |e: InboundError| {
+            let error = WsError::Io(io::Error::new(io::ErrorKind::InvalidData, e));
+            classify(&error).close_frame().map(|f| u16::from(f.code))
+        };
+        assert_eq!(code(InboundError::TooBig), Some(1009));
+        assert_eq!(code(InboundError::InvalidData), Some(1007));
+        assert_eq!(code(InboundError::Protocol), Some(1002));
     }
 
     #[test]

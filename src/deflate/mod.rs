@@ -18,37 +18,22 @@
 //! - [`Inflater`]: one per loop, built with `--max-message-size`; it counts for `/metrics`.
 //! - [`InboundInflate`]: one per WebSocket connection, built with the negotiation outcome.
 //!
-//! # Intended wiring (in `connection`'s stream wrapper)
+//! # Wiring
 //!
-//! The chain of inbound stages is: loop-wide read buffer -> `InboundInflate` -> UTF-8 guard
-//! -> tungstenite. The transform goes first so that the guard checks inflated text (it
-//! sees ordinary masked frames) and tungstenite never sees RSV1 on a message we accepted.
-//! `ReadScratch::read_into` becomes roughly:
-//!
-//! ```ignore
-//! if guard.failed() { return Err(io::Error::new(InvalidData, InvalidUtf8Early)); }
-//! loop {
-//!     if self.start == self.end && !deflate.has_pending() {
-//!         if self.fill(socket)? == 0 { return Ok(0); } // end of stream
-//!     }
-//!     let pulled = deflate
-//!         .pull(&self.buffer[self.start..self.end], out, inflater)
-//!         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-//!     self.start += pulled.consumed;
-//!     if pulled.produced == 0 { continue; } // all taken in: read on (not end of stream)
-//!     let n = guard.scan(&out[..pulled.produced]);
-//!     if n == 0 && guard.failed() { return Err(/* InvalidUtf8Early */); }
-//!     return Ok(n);
-//! }
-//! ```
-//!
-//! and `classify` maps an `io::Error` whose inner error is an [`InboundError`] to a close
-//! reason by [`InboundError::close_code`]: 1009 (`MessageTooBig`), 1007 (a new reason, e.g.
-//! `InvalidCompressedData`: Node `ws` uses 1007 for data that does not inflate; RFC 7692 8
-//! only says to fail the connection), 1002 (`ProtocolError`). The `Inflater` lives beside
-//! `ReadScratch` (both loop-wide) and is lent to the stream wrapper for the read. Bytes the
-//! guard withholds after the transform produced them are lost on purpose: the guard has
-//! failed and every later read fails.
+//! - `http::parse_head` keeps the `Sec-WebSocket-Extensions` lines; `Server::upgrade`
+//!   negotiates (only with `--compression on`), answers in the 101 and keeps the
+//!   [`Agreement`] in the connection's `WebSocketState`; the room counts its deflate members.
+//! - In: the chain of inbound stages is loop-wide read buffer -> `InboundInflate` -> UTF-8
+//!   guard -> tungstenite (`ReadScratch::read_inflating` in `connection`). The transform goes
+//!   first so that the guard checks inflated text (it sees ordinary masked frames) and
+//!   tungstenite never sees RSV1 on a message we accepted. The [`Inflater`] lives in
+//!   `ReadScratch` (both loop-wide). `classify` maps an [`InboundError`] to a close reason:
+//!   1009 (`MessageTooBig`), 1007 (`InvalidCompressedData`: Node `ws` uses 1007 for data that
+//!   does not inflate; RFC 7692 8 only says to fail the connection), 1002 (`ProtocolError`).
+//!   Bytes that came with the request head go through the same stages at the upgrade.
+//! - Out: `fan_out` compresses a message of at least `--compression-min` bytes once, at the
+//!   first member that negotiated deflate and [`Agreement::may_compress`] it, and queues that
+//!   frame to every such member; the others (and history) get the plain frame.
 //!
 //! Memory (tests/deflate_memory.rs counts it): the compressor ~312 KiB of heap and the
 //! inflater ~10 KiB, once per process; a connection's `InboundInflate` is 48 bytes inline and

@@ -6,7 +6,7 @@ use super::Server;
 use crate::http::Status;
 use crate::memory::Pressure;
 use crate::redis::LinkState;
-use crate::stats::{Gauges, ProcessInfo};
+use crate::stats::{CompressionFigures, Gauges, ProcessInfo};
 
 impl Server {
     /// `/healthz`: 200 while accepting, 503 while draining or at the connection cap. A Redis
@@ -60,7 +60,25 @@ impl Server {
                     .as_ref()
                     .map(crate::redis::metrics::render)
                     .unwrap_or_default(),
+            compression: self.compression_figures(),
         }
+    }
+
+    /// The compressor's and the inflater's own counters.
+    fn compression_figures(&self) -> CompressionFigures {
+        let inflater = &self.scratch.inflater;
+        let mut figures = CompressionFigures {
+            inflated_messages: inflater.messages,
+            inflated_bytes_before: inflater.bytes_in,
+            inflated_bytes_after: inflater.bytes_out,
+            ..CompressionFigures::default()
+        };
+        if let Some(compressor) = &self.compressor {
+            figures.compressed_messages = compressor.messages;
+            figures.compressed_bytes_before = compressor.bytes_in;
+            figures.compressed_bytes_after = compressor.bytes_out;
+        }
+        figures
     }
 
     /// Debug builds (every test) check the running total of queued bytes against the queues

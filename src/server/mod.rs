@@ -36,6 +36,7 @@ use tungstenite::protocol::WebSocketConfig;
 use crate::assets::{AssetError, Assets};
 use crate::config::{Config, ConfigError, PageSource, RESERVED_FDS};
 use crate::connection::{Connection, ReadScratch};
+use crate::deflate::{Compressor, DEFAULT_LEVEL};
 use crate::outbound::QueuedTotal;
 use crate::redis::{Incoming, RedisConfig, RedisLink};
 use crate::room::{HistoryLimits, Rooms};
@@ -141,8 +142,11 @@ pub struct Server {
     websocket_config: WebSocketConfig,
     assets: Assets,
     stats: Stats,
-    /// The read buffer every connection uses in turn.
+    /// The read buffer every connection uses in turn (and the loop's inflater).
     scratch: ReadScratch,
+    /// With `--compression on`: compresses a room message once for every member that
+    /// negotiated permessage-deflate (about 300 KiB of tables, once per process).
+    compressor: Option<Compressor>,
     /// Every connection's deadline.
     timers: ConnectionTimers,
     /// The loop's own deadlines.
@@ -323,7 +327,8 @@ impl Server {
             websocket_config: config.websocket_config(),
             assets,
             stats: Stats::default(),
-            scratch: ReadScratch::default(),
+            scratch: ReadScratch::new(config.max_message_size),
+            compressor: config.compression.then(|| Compressor::new(DEFAULT_LEVEL)),
             timers: ConnectionTimers::default(),
             deadlines: LoopDeadlines {
                 stats: config.stats_interval.map(|every| now + every),
@@ -384,12 +389,17 @@ impl Server {
             self.memory.ceiling, self.ceiling_source
         );
         info!(
-            "limits: max-connections={} max-message-size={} max-outbound={} max-outbound-total={} slow-client={}",
+            "limits: max-connections={} max-message-size={} max-outbound={} max-outbound-total={} slow-client={} compression={}",
             self.max_connections,
             self.config.max_message_size,
             self.config.max_outbound,
             self.config.max_outbound_total.min(self.memory.ceiling / 2),
             self.config.slow_client,
+            if self.config.compression {
+                format!("on (from {} bytes)", self.config.compression_min)
+            } else {
+                "off".to_string()
+            },
         );
         if let Some(notifier) = &self.notifier {
             notifier.notify("READY=1");

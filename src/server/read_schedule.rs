@@ -8,8 +8,9 @@
 /// One connection's read bookkeeping.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ReadFlags {
-    /// The pass that last read it.
-    last_pass: u64,
+    /// The pass that last read it, in 32 bits (an equality test: a wrap after 2^32 passes
+    /// costs at most one read budget), so the flags fit in 8 bytes of every connection.
+    last_pass: u32,
     /// It stopped before `WouldBlock`: the loop must come back.
     pub owed: bool,
     /// It is on the owed list (at most once).
@@ -19,7 +20,7 @@ pub(crate) struct ReadFlags {
 impl Default for ReadFlags {
     fn default() -> Self {
         ReadFlags {
-            last_pass: u64::MAX,
+            last_pass: u32::MAX,
             owed: false,
             listed: false,
         }
@@ -30,6 +31,7 @@ impl ReadFlags {
     /// Starts a read in `pass`. False when this connection was read in this pass already: the
     /// read is owed instead.
     pub(crate) fn begin(&mut self, pass: u64) -> bool {
+        let pass = pass as u32;
         if self.last_pass == pass {
             self.owed = true;
             return false;

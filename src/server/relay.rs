@@ -18,6 +18,14 @@ use crate::protocol_v1::{self, Delivery};
 use crate::room::{HistoryEntry, RoomKey, Sender};
 use crate::stats::DropReason;
 
+/// One audience's form of a message: its encoded frame, and its kind and payload for
+/// compressing it once for the members that negotiated permessage-deflate.
+struct Variant<'a> {
+    frame: &'a EncodedFrame,
+    kind: MessageKind,
+    payload: &'a [u8],
+}
+
 /// Joins and leaves are told to a room's `wschat.v1` members at most this often: a storm of
 /// arrivals costs each member a few frames per second, not one per arrival.
 pub(super) const PRESENCE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
@@ -32,6 +40,9 @@ impl Server {
             return;
         };
         let room = ws.room;
+        if ws.deflate.is_some() {
+            self.rooms.count_deflate_member(room, false);
+        }
         self.stats.websockets_open -= 1;
         let left = self.rooms.leave(room, slot, self.now);
         if left.presence_due {
@@ -114,7 +125,10 @@ impl Server {
 
     /// Queues one message to every member of a room but `except`, and remembers it. The raw
     /// frame is encoded once, and the `wschat.v1` frame once more only if the room has members
-    /// that speak it. Returns the message's sequence number and receive time.
+    /// that speak it. With permessage-deflate, a message of at least `--compression-min` is
+    /// compressed once, at the first raw member that negotiated it, and that frame goes to
+    /// every such member (not smaller: they get the plain one). History keeps the plain frame,
+    /// which every joiner can read. Returns the message's sequence number and receive time.
     fn fan_out(
         &mut self,
         room: RoomKey,
@@ -127,15 +141,16 @@ impl Server {
         let room_entry = self.rooms.get_mut(room)?;
         let seq = room_entry.next_seq();
         let frame = encode_frame(kind.opcode(), payload);
-        let v1_frame = (room_entry.v1_members() > 0).then(|| {
-            let (kind, body) = protocol_v1::encode_message(&Delivery {
+        let v1_message = (room_entry.v1_members() > 0).then(|| {
+            let (v1_kind, body) = protocol_v1::encode_message(&Delivery {
                 seq,
                 ts_ms,
                 from: from.as_from(),
                 kind,
                 payload,
             });
-            encode_frame(kind.opcode(), &body)
+            let v1_frame = encode_frame(v1_kind.opcode(), &body);
+            (v1_kind, body, v1_frame)
         });
         if self.config.history > 0 {
             // The encoded frame is a fresh buffer, never a slice of the sender's read buffer,
@@ -154,18 +169,30 @@ impl Server {
                 },
             );
         }
-        self.queue_to_members(room, Some(&frame), v1_frame.as_ref(), except);
+        let raw = Variant {
+            frame: &frame,
+            kind,
+            payload,
+        };
+        let v1 = v1_message.as_ref().map(|(kind, body, frame)| Variant {
+            frame,
+            kind: *kind,
+            payload: body,
+        });
+        self.queue_to_members(room, Some(raw), v1, except);
         Some((seq, ts_ms))
     }
 
-    /// Offers frames to every member of a room but `except`: `raw` to raw members (skipped
-    /// when None), `v1` to `wschat.v1` members (they get `raw` when None). Each recipient gets
-    /// a copy (small) or a shared reference (large) in its queue, under its byte budget.
+    /// Offers a message to every member of a room but `except`: `raw` to raw members
+    /// (skipped when None), `v1` to `wschat.v1` members (they get `raw` when None). Members
+    /// that negotiated permessage-deflate get their variant compressed, once for all of them
+    /// (at the first such member; not smaller: the plain frame). Each recipient gets a copy
+    /// (small) or a shared reference (large) in its queue, under its byte budget.
     fn queue_to_members(
         &mut self,
         room: RoomKey,
-        raw: Option<&EncodedFrame>,
-        v1: Option<&EncodedFrame>,
+        raw: Option<Variant<'_>>,
+        v1: Option<Variant<'_>>,
         except: Option<usize>,
     ) {
         let Server {
@@ -175,11 +202,18 @@ impl Server {
             stats,
             config,
             queued,
+            compressor,
             ..
         } = self;
         let Some(room_entry) = rooms.get(room) else {
             return;
         };
+        // Rooms without deflate members (and servers without compression) skip all of it.
+        let try_deflate = compressor.is_some() && room_entry.deflate_members() > 0;
+        let min = config.compression_min;
+        // Per variant (raw, v1): None until a member wants it; then the compressed frame, or
+        // None if it is not smaller.
+        let mut compressed: [Option<Option<EncodedFrame>>; 2] = [None, None];
         let budget = config.max_outbound;
         let policy = config.slow_client;
         let mut slow = Vec::new();
@@ -200,16 +234,35 @@ impl Server {
             if recipient.close_reason.is_some() {
                 continue;
             }
-            let frame = match (v1, recipient.v1) {
-                (Some(v1), true) => v1,
-                _ => match raw {
-                    Some(raw) => raw,
+            let (variant, slot) = match (&v1, recipient.v1) {
+                (Some(v1), true) => (v1, 1),
+                _ => match &raw {
+                    Some(raw) => (raw, 0),
                     None => continue,
                 },
             };
+            let deflate_frame = if try_deflate
+                && variant.payload.len() >= min
+                && recipient
+                    .websocket()
+                    .and_then(|ws| ws.deflate)
+                    .is_some_and(|agreement| agreement.may_compress(variant.payload.len()))
+            {
+                compressed[slot]
+                    .get_or_insert_with(|| {
+                        compressor
+                            .as_mut()
+                            .and_then(|c| c.compress_frame(variant.kind.opcode(), variant.payload))
+                    })
+                    .as_ref()
+            } else {
+                None
+            };
+            let frame = deflate_frame.unwrap_or(variant.frame);
             // The common case: a small frame within the member's budget is appended, which is
             // what `offer` would do, without its policy branches.
             if let EncodedFrame::Small(bytes) = frame
+                && deflate_frame.is_none()
                 && recipient.outbound.len() + bytes.len() <= budget
             {
                 recipient.outbound.push_copy(queued, bytes);
@@ -234,10 +287,14 @@ impl Server {
                     }
                 }
             }
+            let delivered = |stats: &mut crate::stats::Stats| {
+                stats.deliveries += 1;
+                stats.deliveries_compressed += u64::from(deflate_frame.is_some());
+            };
             match recipient.outbound.offer(queued, frame, budget, policy) {
-                Offer::Queued => stats.deliveries += 1,
+                Offer::Queued => delivered(stats),
                 Offer::QueuedAfterDropping(n) => {
-                    stats.deliveries += 1;
+                    delivered(stats);
                     stats.drop_message(DropReason::SlowClientOldest, n as u64);
                 }
                 Offer::Dropped => stats.drop_message(DropReason::SlowClientNewest, 1),
@@ -298,7 +355,12 @@ impl Server {
                 debug!("room={} presence {}", entry.name, text);
             }
             let frame = encode_frame(MessageKind::Text.opcode(), text.as_bytes());
-            self.queue_to_members(room, None, Some(&frame), None);
+            let presence = Variant {
+                frame: &frame,
+                kind: MessageKind::Text,
+                payload: text.as_bytes(),
+            };
+            self.queue_to_members(room, None, Some(presence), None);
         }
         // The list's buffer is kept for the next round.
         self.presence_rooms = rooms;

@@ -6,12 +6,13 @@ use std::io::{self, Write};
 
 use std::sync::Arc;
 
-use log::info;
+use log::{debug, info};
 
 use super::relay::encode_frame;
 use super::{Server, mark_dirty};
 use crate::config::OriginPolicy;
 use crate::connection::{CloseReason, Phase, Transport, WsRead};
+use crate::deflate::{self, Negotiation};
 use crate::http::{self, Method, Request, Response, Status};
 use crate::memory::Pressure;
 use crate::message::MessageKind;
@@ -184,8 +185,25 @@ impl Server {
         let Some(conn) = self.connections.get_mut(key) else {
             return false;
         };
-        let response =
-            http::switching_protocols(ws_key, v1.is_some().then_some(protocol_v1::SUBPROTOCOL));
+        // permessage-deflate: only with `--compression on`; otherwise offers go unanswered,
+        // which every client takes as "no extension".
+        let deflate = match request.extensions.as_deref() {
+            Some(offers) if self.config.compression => match deflate::negotiate([offers]) {
+                Negotiation::Accepted(agreement) => Some(agreement),
+                Negotiation::Declined(why) => {
+                    debug!("conn={} peer={} {why}", conn.id, conn.peer);
+                    None
+                }
+                Negotiation::NotOffered => None,
+            },
+            _ => None,
+        };
+        let extension_answer = deflate.map(|agreement| agreement.response_header());
+        let response = http::switching_protocols(
+            ws_key,
+            v1.is_some().then_some(protocol_v1::SUBPROTOCOL),
+            extension_answer.as_deref(),
+        );
         // Bytes that arrived behind the head are the first frames: tungstenite gets them.
         let rest = match &mut conn.phase {
             Phase::Http { head } => std::mem::take(head),
@@ -203,12 +221,23 @@ impl Server {
         // an end of stream already seen, need reading now (one read per connection saved at
         // connection storms; edge-triggered readiness will not report that end again).
         let frames_waiting = !rest.is_empty() || peer_done;
-        conn.upgrade(rest, self.websocket_config, joined.room, joined.slot);
+        conn.upgrade(
+            rest,
+            self.websocket_config,
+            joined.room,
+            joined.slot,
+            deflate,
+            &mut self.scratch.inflater,
+        );
         conn.v1 = v1.is_some();
+        if deflate.is_some() {
+            self.rooms.count_deflate_member(joined.room, true);
+        }
+        let deflate_note = if deflate.is_some() { " deflate" } else { "" };
         match (&v1, &name) {
             (Some(params), Some(name)) => {
                 info!(
-                    "conn={} peer={} opened room={} protocol={} name={:?}",
+                    "conn={} peer={} opened room={} protocol={} name={:?}{deflate_note}",
                     conn.id,
                     conn.peer,
                     room,
@@ -226,7 +255,10 @@ impl Server {
                             .push_shared(&mut self.queued, entry.frame.clone());
                     }
                 }
-                info!("conn={} peer={} opened room={}", conn.id, conn.peer, room);
+                info!(
+                    "conn={} peer={} opened room={room}{deflate_note}",
+                    conn.id, conn.peer
+                );
             }
         }
         let Some(conn) = self.connections.get_mut(key) else {

@@ -3,7 +3,8 @@
 // Optional env: CHROMIUM (default /usr/bin/chromium), WSCHAT_SHOTS (screenshot dir),
 //   WSCHAT_STOP_CMD / WSCHAT_START_CMD (shell commands to stop / start the server:
 //   enables the "not connected" + reconnect checks), WSCHAT_STATIC (static dir for the file: check),
-//   WSCHAT_MAX_MESSAGE_SIZE (the server's --max-message-size in bytes, default 65536).
+//   WSCHAT_MAX_MESSAGE_SIZE (the server's --max-message-size in bytes, default 65536),
+//   WSCHAT_COMPRESSION=1 (the server runs with --compression on: check permessage-deflate).
 // An https:// WSCHAT_URL (a self-signed certificate) starts Chromium with
 // --ignore-certificate-errors, and the page must then open wss:// by itself.
 import { chromium } from 'playwright-core';
@@ -258,6 +259,49 @@ try {
   await waitCount(b, 'other', fits, 1); await sleep(300);
   check(await count(a, 'own', fits) === 1 && await count(b, 'other', fits) === 1 && await state(a) === 'connected',
     'a message of exactly ' + limit + ' bytes is sent and delivered');
+
+  // --compression on: the browser negotiates permessage-deflate, a 4 KiB message goes both
+  // ways compressed (the server's /metrics count it inflated from A and compressed for B),
+  // and a 100 KiB one is still refused by size: by the page, and by the server (1009) from a
+  // raw socket, although it compresses to about 1 KiB.
+  if (process.env.WSCHAT_COMPRESSION === '1') {
+    const metric = async name => {
+      const page = await (await fetch(new URL('/metrics', base))).text();
+      const line = page.split('\n').find(l => l.startsWith(name + ' '));
+      return line ? Number(line.split(' ')[1]) : NaN;
+    };
+    const wsUrl = roomUrl.replace(/^http/, 'ws');
+    const extensions = await a.evaluate(u => new Promise((res, rej) => {
+      const s = new WebSocket(u); s.onopen = () => { res(s.extensions); s.close(); }; s.onerror = rej;
+    }), wsUrl);
+    check(extensions.includes('permessage-deflate') && extensions.includes('server_no_context_takeover'),
+      'browser negotiated permessage-deflate: ' + extensions);
+    const inflated0 = await metric('wschat_inflated_messages_total');
+    const compressed0 = await metric('wschat_compressed_deliveries_total');
+    let line = '';
+    for (let i = 0; line.length < 4096; i++) line += '{"user":"ada","text":"compressible chat line ' + i + '"} ';
+    line = line.slice(0, 4096);
+    await sendVia(a, line);
+    await waitCount(b, 'other', line, 1);
+    check(await count(b, 'other', line) === 1, '4 KiB message delivered with compression on');
+    const inflated = await metric('wschat_inflated_messages_total') - inflated0;
+    const compressed = await metric('wschat_compressed_deliveries_total') - compressed0;
+    check(inflated >= 1, '4 KiB message arrived compressed from the browser (inflated: ' + inflated + ')');
+    check(compressed >= 1, '4 KiB message went compressed to the other browser (compressed deliveries: ' + compressed + ')');
+    check(await metric('wschat_compressed_output_bytes_total') < await metric('wschat_compressed_input_bytes_total') / 2,
+      'compressed to less than half');
+    const hundred = 'z'.repeat(100 * 1024);
+    const before100 = await a.locator('#log li').count();
+    await sendVia(a, hundred);
+    check((await a.locator('#notice').textContent()).includes('Not sent') && await a.locator('#log li').count() === before100,
+      '100 KiB message refused by the page as before');
+    await a.fill('#msg', '');
+    const code = await a.evaluate(({ u, text }) => new Promise((res, rej) => {
+      const s = new WebSocket(u); s.onopen = () => s.send(text); s.onclose = e => res(e.code); s.onerror = () => {};
+      setTimeout(() => rej(new Error('no close')), 10000);
+    }), { u: wsUrl, text: hundred }).catch(e => String(e));
+    check(code === 1009, '100 KiB message (compressed to ~1 KiB) refused by the server with 1009: ' + code);
+  }
 
   // Binary message (sent by a raw socket) shows as a placeholder.
   await b.evaluate(u => new Promise((res, rej) => {
