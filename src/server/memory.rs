@@ -16,7 +16,7 @@ use crate::stats::MetricsPage;
 
 /// Partial input below this is not worth pausing a connection for (a request head being read,
 /// a message split across two reads).
-const PAUSE_THRESHOLD: usize = 1024;
+pub(super) const PAUSE_THRESHOLD: usize = 1024;
 /// The resident set (and, without the counting allocator, the accounted sum, which walks every
 /// connection) is sampled at most this often.
 const ACCOUNT_EVERY: Duration = Duration::from_millis(50);
@@ -57,6 +57,33 @@ impl MemoryState {
             closed: 0,
             history_trimmed: 0,
         }
+    }
+}
+
+impl MemoryState {
+    /// Whether a connection must stop being read before this read: the counted heap is past
+    /// the pausing mark (an O(1) look, so it is checked before every read) and the connection
+    /// holds a request head or an unfinished message of some size. Members who behave, and
+    /// small requests such as `/healthz`, hold neither and are read on.
+    pub(crate) fn must_pause(&self, conn: &crate::connection::Connection) -> bool {
+        let Some(heap) = memory::heap_in_use() else {
+            return false;
+        };
+        if Pressure::of(heap, self.ceiling) < Pressure::Pausing {
+            return false;
+        }
+        let (partial, _) = conn.partial_input();
+        partial >= PAUSE_THRESHOLD
+    }
+
+    /// The counted heap is past the pausing mark (an O(1) look).
+    pub(crate) fn tight(&self) -> bool {
+        memory::heap_in_use()
+            .is_some_and(|heap| Pressure::of(heap, self.ceiling) >= Pressure::Pausing)
+    }
+
+    pub(crate) fn note_paused(&mut self, key: usize, id: u64) {
+        self.paused.push((key, id));
     }
 }
 

@@ -28,7 +28,14 @@ impl Server {
             conn.reads.owed = true;
             return;
         }
-        let open = match conn.read_http(&mut self.scratch, MAX_HEAD_SIZE, self.now) {
+        // Near the memory ceiling a head gets 1 KiB (enough for /healthz; upgrades are being
+        // refused anyway): thousands of half-sent 8 KiB heads must not fill the memory left.
+        let head_limit = if self.memory.tight() {
+            super::memory::PAUSE_THRESHOLD
+        } else {
+            MAX_HEAD_SIZE
+        };
+        let open = match conn.read_http(&mut self.scratch, head_limit, self.now) {
             Ok(open) => open,
             Err(e) => {
                 debug!("conn={} peer={} read error: {e}", conn.id, conn.peer);

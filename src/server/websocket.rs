@@ -56,6 +56,11 @@ impl Server {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
+        if !conn.memory_paused && self.memory.must_pause(conn) {
+            // Checked live, not only once per pass: a pass may read thousands of sockets.
+            conn.memory_paused = true;
+            self.memory.note_paused(key, conn.id);
+        }
         if conn.memory_paused {
             // Near the memory ceiling: its bytes wait in the kernel until the pressure eases.
             conn.reads.owed = true;
@@ -361,13 +366,17 @@ impl Server {
 
     /// Reads messages until `WouldBlock` and relays each as it arrives.
     fn read_websocket(&mut self, key: usize) {
+        let outbound_limit = self.outbound_limit();
         loop {
             let Some(conn) = self.connections.get_mut(key) else {
                 return;
             };
-            if conn.outbound.len() > self.config.max_outbound {
-                // Over its own budget (its pongs, its echoes): finish what was read, then
-                // leave the rest in its socket until the queue drains.
+            if conn.outbound.len() > self.config.max_outbound
+                || self.queued.bytes() > outbound_limit
+            {
+                // Over its own budget (its pongs, its echoes), or all queues together over
+                // theirs: finish what was read, then leave the rest in its socket until the
+                // queues drain or are shed (at the end of this pass).
                 self.scratch.stop_socket_reads();
             }
             match conn.read_websocket(&mut self.scratch, &mut self.queued, self.now) {

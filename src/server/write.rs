@@ -14,10 +14,14 @@ impl Server {
     /// largest queues are shed first by the slow-client policy. Called once per pass, before
     /// the flush.
     pub(super) fn enforce_total_budget(&mut self) {
-        // A sub-limit of the memory ceiling: queues alone never take more than half of it, so
-        // request heads and partial messages always have room.
-        let limit = self.config.max_outbound_total.min(self.memory.ceiling / 2);
-        self.shed_outbound(limit);
+        self.shed_outbound(self.outbound_limit());
+    }
+
+    /// All queues together may hold this much: `--max-outbound-total`, a sub-limit of the
+    /// memory ceiling capped at half of it, so queues alone never crowd out request heads and
+    /// partial messages.
+    pub(super) fn outbound_limit(&self) -> usize {
+        self.config.max_outbound_total.min(self.memory.ceiling / 2)
     }
 
     /// Sheds the largest queues by the slow-client policy until all of them together hold at
