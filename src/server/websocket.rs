@@ -367,27 +367,31 @@ impl Server {
     /// Reads messages until `WouldBlock` and relays each as it arrives.
     fn read_websocket(&mut self, key: usize) {
         let outbound_limit = self.outbound_limit();
+        let mut frames = 0;
         loop {
             let Some(conn) = self.connections.get_mut(key) else {
                 return;
             };
+            // Over its own budget (its pongs, its echoes), or, once it has had one frame this
+            // pass, all queues together over theirs: finish what was read, then leave the rest
+            // in its socket until the queues drain or are shed (at the end of this pass). The
+            // one frame keeps everyone moving: a flooder gets one per pass, a member who
+            // behaves loses nothing.
             if conn.outbound.len() > self.config.max_outbound
-                || self.queued.bytes() > outbound_limit
+                || (frames > 0 && self.queued.bytes() > outbound_limit)
             {
-                // Over its own budget (its pongs, its echoes), or all queues together over
-                // theirs: finish what was read, then leave the rest in its socket until the
-                // queues drain or are shed (at the end of this pass).
                 self.scratch.stop_socket_reads();
             }
             match conn.read_websocket(&mut self.scratch, &mut self.queued, self.now) {
                 WsRead::Message(message) => {
+                    frames += 1;
                     // A member being closed (or doomed mid-read) has left its room: what it
                     // still sends is read and dropped.
                     if conn.close_reason.is_none() {
                         self.relay(key, message);
                     }
                 }
-                WsRead::Control => {}
+                WsRead::Control => frames += 1,
                 WsRead::WouldBlock => break,
                 WsRead::Ended(reason) => {
                     self.end_websocket(key, reason);
