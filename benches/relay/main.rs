@@ -1203,7 +1203,17 @@ fn reuse_run(cfg: &Cfg, redis: &Path, echo: bool, tag: &str) -> RunResult {
         procs: vec![a, b, r],
         bus: Some(bus),
     };
-    let out = reuse_load(&mut t, cfg, echo)?;
+    let mut out = reuse_load(&mut t, cfg, echo)?;
+    // How evenly the kernel spread the work: A's share of the two processes' CPU (whole run).
+    let (a_cpu, b_cpu) = (t.procs[0].cpu(), t.procs[1].cpu());
+    out.push(m(
+        "process A share of CPU %",
+        100.0 * a_cpu.as_secs_f64() / (a_cpu + b_cpu).as_secs_f64().max(1e-9),
+    ));
+    out.push(m("redis CPU as % of nodes'", {
+        let r = t.procs[2].cpu().as_secs_f64();
+        100.0 * r / (a_cpu + b_cpu).as_secs_f64().max(1e-9)
+    }));
     t.check_alive()?;
     Ok(out)
 }
