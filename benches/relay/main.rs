@@ -1344,8 +1344,13 @@ fn report(results: &[Slot]) {
     }
 }
 
-/// The metrics whose ratio to `limit` is reported run by run.
-const PAIRED: [&str; 3] = ["server CPU ns/delivery", "delivered msg/s", "iterations/s"];
+/// The metrics whose ratio to `limit` (or `wschat2`) is reported run by run.
+const PAIRED: [&str; 4] = [
+    "server CPU ns/delivery",
+    "delivered msg/s",
+    "iterations/s",
+    "server CPU µs/connection",
+];
 
 /// For every server but the base (`limit` or `wschat2`): its value over the base's in the
 /// same round, for the metrics of PAIRED; median and spread of those per-round ratios.
