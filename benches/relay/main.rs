@@ -14,6 +14,7 @@
 mod limit;
 mod server;
 mod stats;
+mod tls;
 mod ws;
 
 use server::{Kind, Options, ServerProc, Target};
@@ -22,6 +23,9 @@ use std::time::{Duration, Instant};
 use ws::Gen;
 
 const ROOM: &str = "bench";
+/// The client settings of `--tls`, set once at start; every generator then speaks TLS.
+pub static TLS_CLIENT: std::sync::OnceLock<tls::ClientConfig> = std::sync::OnceLock::new();
+
 /// The hidden first argument that makes this binary the `limit` relay (a peer process).
 pub const LIMIT_ARG: &str = "--limit-server";
 
@@ -35,8 +39,11 @@ enum Scenario {
     Large,
     CrossNode,
     Compression,
+    Handshakes,
+    ReusePort,
 }
 
+/// The scenarios run when none is named (handshakes and reuse-port only on request).
 const ALL: [Scenario; 8] = [
     Scenario::Fanout,
     Scenario::FixedRate,
@@ -59,12 +66,15 @@ impl Scenario {
             Scenario::Large => "large",
             Scenario::CrossNode => "cross-node",
             Scenario::Compression => "compression",
+            Scenario::Handshakes => "handshakes",
+            Scenario::ReusePort => "reuse-port",
         }
     }
 
     fn parse(s: &str) -> Option<Scenario> {
         let s = s.replace('_', "-");
         ALL.into_iter()
+            .chain([Scenario::Handshakes, Scenario::ReusePort])
             .find(|sc| sc.name() == s)
             .or(match s.as_str() {
                 "fan-out" => Some(Scenario::Fanout),
@@ -75,6 +85,8 @@ impl Scenario {
                 "large-messages" => Some(Scenario::Large),
                 "cross" | "redis" => Some(Scenario::CrossNode),
                 "deflate" | "permessage-deflate" => Some(Scenario::Compression),
+                "handshake" | "tls-handshakes" => Some(Scenario::Handshakes),
+                "reuseport" | "reuse" => Some(Scenario::ReusePort),
                 _ => None,
             })
     }
@@ -99,6 +111,10 @@ struct Cfg {
     large_size: usize,
     compression_size: usize,
     log_dir: PathBuf,
+    /// `--tls`: certificate and key every server is given; the clients speak TLS.
+    tls: Option<(PathBuf, PathBuf)>,
+    /// Handshakes in progress at once in the handshakes scenario.
+    concurrency: usize,
 }
 
 const USAGE: &str = "\
@@ -106,11 +122,15 @@ usage: cargo bench --bench relay -- [SCENARIO ...] [OPTIONS]
 
 scenarios (default: all): fanout fixed-rate all-to-all idle-memory many-conns large cross-node
                           compression
+  and, only when named: handshakes (connect + upgrade, then close, as fast as the server takes
+  them), reuse-port (two wschat processes on one port sharing rooms through redis-server,
+  against one process: fan-out and all-to-all)
 
 options:
   --runs N            runs per server and scenario (default 5; many-conns 1)
   --servers LIST      comma-separated from wschat,limit,node,bun (default all four;
-                      limit: the minimal relay of benches/relay/limit.rs)
+                      limit: the minimal relay of benches/relay/limit.rs), and wschat2:
+                      the wschat binary $WSCHAT_BIN2 (before/after comparisons)
   --smoke             small sizes for a quick check (50 subscribers, 1 s, 1 run, ...)
   --duration S        measured seconds per run (default 5)
   --warmup S          warm-up seconds before measuring (default 1)
@@ -126,6 +146,9 @@ options:
   --large-subs N      large: subscribers (default 100)
   --large-size BYTES  large: message size (default 65536)
   --compression-size BYTES  compression: JSON-like message size (default 2048)
+  --tls               every client speaks TLS 1.3 (rustls) to the server's TLS port, with an
+                      ECDSA P-256 certificate made by openssl at start (limit is skipped)
+  --concurrency N     handshakes: connections being opened at once (default 64)
 ";
 
 fn parse_args() -> Result<Cfg, String> {
@@ -148,7 +171,10 @@ fn parse_args() -> Result<Cfg, String> {
         large_size: 64 * 1024,
         compression_size: 2048,
         log_dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join("relay-logs"),
+        tls: None,
+        concurrency: 64,
     };
+    let mut want_tls = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Apply --smoke first so that explicit options override it.
     if args.iter().any(|a| a == "--smoke") {
@@ -199,6 +225,8 @@ fn parse_args() -> Result<Cfg, String> {
             "--large-subs" => cfg.large_subs = int(val(a)?)?.max(1),
             "--large-size" => cfg.large_size = int(val(a)?)?.max(ws::HDR),
             "--compression-size" => cfg.compression_size = int(val(a)?)?.max(ws::HDR),
+            "--tls" => want_tls = true,
+            "--concurrency" => cfg.concurrency = int(val(a)?)?.max(1),
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}")),
             s => cfg
                 .scenarios
@@ -207,6 +235,14 @@ fn parse_args() -> Result<Cfg, String> {
     }
     if cfg.scenarios.is_empty() {
         cfg.scenarios = ALL.to_vec();
+    }
+    if want_tls {
+        // The files live as long as the process; removed at the end of main.
+        let files = tls::Files::make(Path::new(env!("CARGO_TARGET_TMPDIR")))?;
+        let client = tls::client_config(&files.cert)?;
+        let _ = TLS_CLIENT.set(client);
+        cfg.tls = Some((files.cert.clone(), files.key.clone()));
+        std::mem::forget(files);
     }
     Ok(cfg)
 }
@@ -271,8 +307,18 @@ fn main() {
         stats::nofile_limit(),
         cfg.log_dir.display()
     );
+    if let Some((cert, _)) = &cfg.tls {
+        println!(
+            "TLS: clients speak TLS 1.3, AES-128-GCM, X25519; certificate {}",
+            cert.display()
+        );
+    }
     let mut servers = Vec::new();
     for &k in &cfg.servers {
+        if k == Kind::Limit && cfg.tls.is_some() {
+            println!("limit speaks no TLS; going on without it");
+            continue;
+        }
         match server::check_available(k) {
             Ok(()) => servers.push(k),
             Err(e) => println!("{e}; going on without it"),
@@ -285,6 +331,10 @@ fn main() {
         }
         if sc == Scenario::Compression {
             compression(&cfg, &servers);
+            continue;
+        }
+        if sc == Scenario::ReusePort {
+            reuse_port(&cfg);
             continue;
         }
         let runs = cfg
@@ -303,6 +353,11 @@ fn main() {
             }
         }
         report(&results);
+    }
+    if let Some((cert, _)) = &cfg.tls
+        && let Some(dir) = cert.parent()
+    {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -352,7 +407,16 @@ fn describe(sc: Scenario, c: &Cfg) -> String {
             "1 publisher, {} subscribers, {} B messages, window 4, {d} s",
             c.large_subs, c.large_size
         ),
-        Scenario::CrossNode | Scenario::Compression => String::new(),
+        Scenario::Handshakes => format!(
+            "connect{} + upgrade, then close; {} at once; {d} s",
+            if c.tls.is_some() {
+                " + TLS handshake"
+            } else {
+                ""
+            },
+            c.concurrency
+        ),
+        Scenario::CrossNode | Scenario::Compression | Scenario::ReusePort => String::new(),
     }
 }
 
@@ -370,6 +434,8 @@ fn run_one(sc: Scenario, kind: Kind, cfg: &Cfg, tag: &str) -> RunResult {
             _ => None,
         },
         extra: Vec::new(),
+        tls: cfg.tls.clone(),
+        port: None,
     };
     let mut t = Target::single(ServerProc::start(kind, &opts, &cfg.log_dir, tag)?);
     match sc {
@@ -379,7 +445,10 @@ fn run_one(sc: Scenario, kind: Kind, cfg: &Cfg, tag: &str) -> RunResult {
         Scenario::AllToAll => all_to_all(&mut t, cfg),
         Scenario::IdleMemory => idle_memory(&mut t, cfg),
         Scenario::ManyConns => many_conns(&mut t, cfg),
-        Scenario::CrossNode | Scenario::Compression => unreachable!("handled in main"),
+        Scenario::Handshakes => handshakes(&mut t, cfg),
+        Scenario::CrossNode | Scenario::Compression | Scenario::ReusePort => {
+            unreachable!("handled in main")
+        }
     }
 }
 
@@ -561,6 +630,29 @@ fn connect_all(
     Ok(r)
 }
 
+/// Cross-node: every node must have subscribed the room's channel (node A too: its
+/// publishers are members), or the first messages would reach nobody on node B.
+fn wait_bus(g: &mut Gen, t: &Target) -> Result<(), String> {
+    let Some(bus) = &t.bus else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = bus.subscribers();
+        if n == Some(bus.nodes.len() as i64) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "channel {} has {n:?} subscribers after 10 s, want {}",
+                bus.channel,
+                bus.nodes.len()
+            ));
+        }
+        g.run_until(Instant::now() + Duration::from_millis(50), |_| false);
+    }
+}
+
 fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
     let rbuf = (2 * (p.size + 14)).max(64 * 1024);
     let mut g = Gen::new(p.pubs, rbuf, p.size).map_err(|e| e.to_string())?;
@@ -574,25 +666,7 @@ fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
         g.conns[i].pub_id = Some(k as u32);
     }
     let probe = subs.end - 1;
-    // Cross-node: every node must have subscribed the room's channel (node A too: its
-    // publishers are members), or the first messages would reach nobody on node B.
-    if let Some(bus) = &t.bus {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let n = bus.subscribers();
-            if n == Some(bus.nodes.len() as i64) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "channel {} has {n:?} subscribers after 10 s, want {}",
-                    bus.channel,
-                    bus.nodes.len()
-                ));
-            }
-            g.run_until(Instant::now() + Duration::from_millis(50), |_| false);
-        }
-    }
+    wait_bus(&mut g, t)?;
     // Let every join land before the first message.
     g.run_until(Instant::now() + Duration::from_millis(300), |_| false);
     let receivers = (p.subs + p.pubs - 1) as u64;
@@ -698,6 +772,7 @@ fn all_to_all(t: &mut Target, cfg: &Cfg) -> RunResult {
     for (k, i) in all.clone().enumerate() {
         g.conns[i].pub_id = Some(k as u32);
     }
+    wait_bus(&mut g, t)?;
     g.run_until(Instant::now() + Duration::from_millis(300), |_| false);
     let start = Instant::now();
     let measure_from = start + cfg.warmup;
@@ -768,6 +843,64 @@ fn idle_memory(t: &mut Target, cfg: &Cfg) -> RunResult {
         m("RSS with connections KB", rss as f64),
         m("held connections", held as f64),
         m("connect time s", connect_s),
+    ];
+    g.close_all();
+    Ok(out)
+}
+
+/// Connections opened `concurrency` at a time, each closed by the generator as soon as its
+/// upgrade is answered: the rate the server takes them at, and its CPU per connection (with
+/// `--tls`, a full TLS 1.3 handshake each: no resumption).
+fn handshakes(t: &mut Target, cfg: &Cfg) -> RunResult {
+    let mut g = Gen::new(1, 1024, 64).map_err(|e| e.to_string())?;
+    g.churn = true;
+    let start = Instant::now();
+    let measure_from = start + cfg.warmup;
+    let end = measure_from + cfg.duration;
+    let mut s0: Option<(Instant, u64, Duration, Duration)> = None;
+    let mut iter = 0u32;
+    let mut idle_since = Instant::now();
+    let mut last = 0;
+    loop {
+        let now = Instant::now();
+        if s0.is_none() && now >= measure_from {
+            s0 = Some((now, g.c.churned, t.cpu(), stats::self_cpu()));
+        }
+        if now >= end {
+            break;
+        }
+        while g.c.pending < cfg.concurrency {
+            if let Err(e) = g.connect(t.pub_addr, ROOM) {
+                return Err(format!("connect: {e}"));
+            }
+        }
+        g.poll_once(Some(Duration::from_millis(10)));
+        if g.c.churned != last {
+            last = g.c.churned;
+            idle_since = now;
+        } else if now - idle_since > Duration::from_secs(3) {
+            return Err(format!(
+                "stalled: no upgrade for 3 s ({} failed: {})",
+                g.c.failed, g.c.last_error
+            ));
+        }
+        iter = iter.wrapping_add(1);
+        if iter.is_multiple_of(64) {
+            t.check_alive()?;
+        }
+    }
+    let (at, n0, srv0, gen0) = s0.ok_or("no measurement window")?;
+    let secs = at.elapsed().as_secs_f64();
+    let done = (g.c.churned - n0).max(1) as f64;
+    let srv = (t.cpu() - srv0).as_secs_f64();
+    let gen_cpu = (stats::self_cpu() - gen0).as_secs_f64();
+    let out = vec![
+        m("connections/s", done / secs),
+        m("server CPU µs/connection", srv * 1e6 / done),
+        m("connections/s per server core", done / srv.max(1e-9)),
+        m("server CPU %", 100.0 * srv / secs),
+        m("generator CPU %", 100.0 * gen_cpu / secs),
+        m("failed", g.c.failed as f64),
     ];
     g.close_all();
     Ok(out)
@@ -874,6 +1007,8 @@ fn compression(cfg: &Cfg, servers: &[Kind]) {
                     echo: false,
                     max_connections: None,
                     extra: extra.clone(),
+                    tls: None,
+                    port: None,
                 };
                 let tag = format!("compression-{name}-{run}");
                 let mut t = Target::single(ServerProc::start(*kind, &opts, &cfg.log_dir, &tag)?);
@@ -934,6 +1069,8 @@ fn cross_node(cfg: &Cfg) {
                     echo: false,
                     max_connections: None,
                     extra: Vec::new(),
+                    tls: None,
+                    port: None,
                 };
                 let mut t = Target::single(ServerProc::start(
                     Kind::Wschat,
@@ -997,6 +1134,8 @@ fn cross_run(cfg: &Cfg, redis: &Path, p: &FanParams, tag: &str) -> RunResult {
         echo: false,
         max_connections: None,
         extra: vec!["--redis".into(), url],
+        tls: None,
+        port: None,
     };
     let a = ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &format!("crossA-{tag}"))?;
     let b = ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &format!("crossB-{tag}"))?;
@@ -1036,6 +1175,148 @@ fn cross_run(cfg: &Cfg, redis: &Path, p: &FanParams, tag: &str) -> RunResult {
         "A+B: redis reconnects",
         get(a_addr, "wschat_redis_reconnects_total") + get(b_addr, "wschat_redis_reconnects_total"),
     ));
+    t.check_alive()?;
+    Ok(out)
+}
+
+/// Issue 14's question: two wschat processes on one port (`--reuse-port`, the kernel spreads
+/// the connections between them) sharing the room through one redis-server, against one
+/// process, for fan-out and all-to-all. All processes share CPU 0 (the machine has two cores,
+/// the generator needs the other): so this measures what the second process and the bus cost
+/// per delivery, from which the gain on more cores follows (docs/scaling.md).
+fn reuse_port(cfg: &Cfg) {
+    println!("\n== reuse-port ==");
+    let Some(redis) = server::on_path("redis-server") else {
+        println!("skipped: needs redis-server on PATH");
+        return;
+    };
+    if !server::wschat_supports("--reuse-port") || !server::wschat_supports("--redis") {
+        println!("skipped: wschat --help lists no --reuse-port or no --redis");
+        return;
+    }
+    println!(
+        "one port, two processes (--reuse-port --redis), one redis-server; the processes and \
+         redis share CPU 0, server CPU is their sum; fresh processes every run"
+    );
+    let runs = cfg.runs.unwrap_or(5);
+    let loads = ["fan-out", "all-to-all"];
+    let mut results: Vec<Vec<Slot>> = loads
+        .iter()
+        .map(|_| {
+            vec![
+                ("wschat (1 process)".to_string(), Vec::new(), 0),
+                ("wschat (2 processes)".to_string(), Vec::new(), 0),
+            ]
+        })
+        .collect();
+    for run in 0..runs {
+        for (li, lname) in loads.iter().enumerate() {
+            let echo = li == 1;
+            let one = (|| {
+                let opts = Options {
+                    echo,
+                    max_connections: None,
+                    extra: Vec::new(),
+                    tls: None,
+                    port: None,
+                };
+                let tag = format!("reuse1-{lname}-{run}");
+                let mut t =
+                    Target::single(ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &tag)?);
+                reuse_load(&mut t, cfg, echo)
+            })();
+            record(
+                &mut results[li][0],
+                &format!("{lname}, 1 process"),
+                run,
+                one,
+            );
+            let two = reuse_run(cfg, &redis, echo, &format!("{lname}-{run}"));
+            record(
+                &mut results[li][1],
+                &format!("{lname}, 2 processes"),
+                run,
+                two,
+            );
+        }
+    }
+    for (li, lname) in loads.iter().enumerate() {
+        let sc = if li == 1 {
+            Scenario::AllToAll
+        } else {
+            Scenario::Fanout
+        };
+        println!("\n-- reuse-port, {lname}: {}", describe(sc, cfg));
+        report(&results[li]);
+    }
+}
+
+fn reuse_load(t: &mut Target, cfg: &Cfg, echo: bool) -> RunResult {
+    if echo {
+        all_to_all(t, cfg)
+    } else {
+        fanout(t, &FanParams::fanout(cfg))
+    }
+}
+
+/// One 2-process run: a fresh redis-server, two wschat processes on one port linked to it.
+fn reuse_run(cfg: &Cfg, redis: &Path, echo: bool, tag: &str) -> RunResult {
+    let rport = server::free_port().map_err(|e| e.to_string())?;
+    let mut cmd = std::process::Command::new(redis);
+    cmd.args(["--port", &rport.to_string(), "--bind", "127.0.0.1"]);
+    cmd.args(["--save", "", "--appendonly", "no"]);
+    let r = ServerProc::spawn(
+        cmd,
+        "redis",
+        rport,
+        &cfg.log_dir,
+        &format!("reuse-{tag}"),
+        false,
+    )?;
+    let port = server::free_port().map_err(|e| e.to_string())?;
+    let opts = Options {
+        echo,
+        max_connections: None,
+        extra: vec![
+            "--reuse-port".into(),
+            "--redis".into(),
+            format!("redis://127.0.0.1:{rport}"),
+        ],
+        tls: None,
+        port: Some(port),
+    };
+    let a = ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &format!("reuseA-{tag}"))?;
+    let b = ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &format!("reuseB-{tag}"))?;
+    // The readiness probe may have reached A twice: B is up once its Redis link is.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server::redis_clients(r.addr) < Some(2) {
+        if Instant::now() >= deadline {
+            return Err("the two processes did not both link to redis in 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bus = server::Bus {
+        redis: r.addr,
+        channel: format!("wschat:room:/{ROOM}"),
+        nodes: vec![a.addr, b.addr],
+    };
+    let mut t = Target {
+        pub_addr: a.addr,
+        sub_addr: a.addr,
+        procs: vec![a, b, r],
+        bus: Some(bus),
+    };
+    let mut out = reuse_load(&mut t, cfg, echo)?;
+    // How evenly the kernel spread the work: A's share of the two processes' CPU (whole run).
+    let (a_cpu, b_cpu) = (t.procs[0].cpu(), t.procs[1].cpu());
+    out.push(m(
+        "process A share of CPU %",
+        100.0 * a_cpu.as_secs_f64() / (a_cpu + b_cpu).as_secs_f64().max(1e-9),
+    ));
+    out.push(m("redis CPU as % of nodes'", {
+        let r = t.procs[2].cpu().as_secs_f64();
+        100.0 * r / (a_cpu + b_cpu).as_secs_f64().max(1e-9)
+    }));
     t.check_alive()?;
     Ok(out)
 }
@@ -1145,6 +1426,14 @@ fn report(results: &[Slot]) {
     if let Some(li) = limit {
         paired_ratios(results, li);
     }
+    // A before/after comparison: every other server against the second wschat binary.
+    if let Some(bi) = results
+        .iter()
+        .position(|r| r.0 == Kind::Wschat2.name())
+        .filter(|&i| i > 0)
+    {
+        paired_ratios(results, bi);
+    }
     for r in results {
         let gen_pct = stats::summarize(&vals(r, "generator CPU %"));
         if let Some(s) = gen_pct
@@ -1158,12 +1447,18 @@ fn report(results: &[Slot]) {
     }
 }
 
-/// The metrics whose ratio to `limit` is reported run by run.
-const PAIRED: [&str; 3] = ["server CPU ns/delivery", "delivered msg/s", "iterations/s"];
+/// The metrics whose ratio to `limit` (or `wschat2`) is reported run by run.
+const PAIRED: [&str; 4] = [
+    "server CPU ns/delivery",
+    "delivered msg/s",
+    "iterations/s",
+    "server CPU µs/connection",
+];
 
-/// For every server but `limit`: its value over the limit's in the same round, for the
-/// metrics of PAIRED; median and spread of those per-round ratios.
+/// For every server but the base (`limit` or `wschat2`): its value over the base's in the
+/// same round, for the metrics of PAIRED; median and spread of those per-round ratios.
 fn paired_ratios(results: &[Slot], li: usize) {
+    let base = &results[li].0;
     let value = |run: &[M], name: &str| run.iter().find(|x| x.name == name).map(|x| x.v);
     let mut header = false;
     for name in PAIRED {
@@ -1183,11 +1478,11 @@ fn paired_ratios(results: &[Slot], li: usize) {
                 continue;
             };
             if !header {
-                println!("  ratio to limit, run by run (same round of the interleaving):");
+                println!("  ratio to {base}, run by run (same round of the interleaving):");
                 header = true;
             }
             println!(
-                "  {name:<26} {:<8} ÷ limit {:>6.3} (min – max {:.3} – {:.3}, {} rounds)",
+                "  {name:<26} {:<8} ÷ {base} {:>6.3} (min – max {:.3} – {:.3}, {} rounds)",
                 r.0, s.median, s.min, s.max, s.n
             );
         }

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     Wschat,
+    /// A second wschat binary, `$WSCHAT_BIN2` (e.g. an older commit's build), run interleaved
+    /// with the first so that before/after ratios come from the same rounds.
+    Wschat2,
     /// The physical limit: the minimal relay of `limit.rs`, this binary run again.
     Limit,
     Node,
@@ -25,6 +28,7 @@ impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "wschat" => Some(Kind::Wschat),
+            "wschat2" => Some(Kind::Wschat2),
             "limit" => Some(Kind::Limit),
             "node" => Some(Kind::Node),
             "bun" => Some(Kind::Bun),
@@ -35,6 +39,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Wschat => "wschat",
+            Kind::Wschat2 => "wschat2",
             Kind::Limit => "limit",
             Kind::Node => "node",
             Kind::Bun => "bun",
@@ -46,6 +51,11 @@ impl Kind {
 /// another build of the same code, e.g. the static musl one; see docs/benchmarks.md).
 pub fn wschat_bin() -> String {
     std::env::var("WSCHAT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wschat").to_string())
+}
+
+/// The second wschat binary (`Kind::Wschat2`): `$WSCHAT_BIN2`.
+pub fn wschat2_bin() -> Option<String> {
+    std::env::var("WSCHAT_BIN2").ok().filter(|s| !s.is_empty())
 }
 
 pub fn peers_dir() -> PathBuf {
@@ -62,6 +72,10 @@ pub fn check_available(kind: Kind) -> Result<(), String> {
     let hint = "(run bench-peers/install.sh)";
     match kind {
         Kind::Wschat | Kind::Limit => Ok(()),
+        Kind::Wschat2 => match wschat2_bin() {
+            Some(_) => Ok(()),
+            None => Err("wschat2: set WSCHAT_BIN2 to a wschat binary".into()),
+        },
         Kind::Node => {
             let ok = Command::new("node")
                 .arg("--version")
@@ -140,6 +154,11 @@ pub struct Options {
     pub echo: bool,
     pub max_connections: Option<usize>,
     pub extra: Vec<String>,
+    /// Certificate and key: the server also listens for TLS on a second port (`tls_addr`);
+    /// the first stays plain for the readiness probe and /metrics.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Listen on this port instead of a free one (several processes on one port).
+    pub port: Option<u16>,
 }
 
 /// A running server process; stopped on drop.
@@ -147,16 +166,30 @@ pub struct ServerProc {
     child: Child,
     pub pid: u32,
     pub addr: SocketAddrV4,
+    /// The TLS listener, when started with `Options::tls`.
+    pub tls_addr: Option<SocketAddrV4>,
     pub name: String,
     log: PathBuf,
 }
 
 impl ServerProc {
     pub fn start(kind: Kind, opts: &Options, log_dir: &Path, tag: &str) -> Result<Self, String> {
-        let port = free_port().map_err(|e| format!("free port: {e}"))?;
+        let port = match opts.port {
+            Some(p) => p,
+            None => free_port().map_err(|e| format!("free port: {e}"))?,
+        };
+        let tls_port = match opts.tls {
+            Some(_) if kind == Kind::Limit => return Err("limit speaks no TLS".into()),
+            Some(_) => Some(free_port().map_err(|e| format!("free port: {e}"))?),
+            None => None,
+        };
         let mut cmd = match kind {
-            Kind::Wschat => {
-                let mut c = Command::new(wschat_bin());
+            Kind::Wschat | Kind::Wschat2 => {
+                let bin = match kind {
+                    Kind::Wschat2 => wschat2_bin().ok_or("WSCHAT_BIN2 is not set")?,
+                    _ => wschat_bin(),
+                };
+                let mut c = Command::new(bin);
                 c.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
                 c.args(["--log-level", "warn"]);
                 if opts.echo {
@@ -195,11 +228,18 @@ impl ServerProc {
                 c
             }
         };
+        // The same flags for wschat and both peers.
+        if let (Some((cert, key)), Some(tls_port)) = (&opts.tls, tls_port) {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            cmd.args(["--tls-port", &tls_port.to_string()]);
+        }
         cmd.args(&opts.extra);
         let cmd = wrapped(cmd);
         // The limit has no HTTP routes: ready once its port accepts.
         let health = kind != Kind::Limit;
-        Self::spawn(cmd, kind.name(), port, log_dir, tag, health)
+        let mut p = Self::spawn(cmd, kind.name(), port, log_dir, tag, health)?;
+        p.tls_addr = tls_port.map(|t| SocketAddrV4::new([127, 0, 0, 1].into(), t));
+        Ok(p)
     }
 
     /// Spawns `cmd` pinned to CPU 0, logging to `log_dir/<name>-<tag>.log`; waits
@@ -236,6 +276,7 @@ impl ServerProc {
             pid: child.id(),
             child,
             addr: SocketAddrV4::new([127, 0, 0, 1].into(), port),
+            tls_addr: None,
             name: name.to_string(),
             log,
         };
@@ -379,6 +420,34 @@ pub fn redis_numsub(redis: SocketAddrV4, channel: &str) -> Option<i64> {
     }
 }
 
+/// `INFO clients` on a Redis server: its `connected_clients`, or None.
+pub fn redis_clients(redis: SocketAddrV4) -> Option<i64> {
+    let mut s = TcpStream::connect_timeout(&redis.into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n").ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&buf);
+        // A bulk string: $len, then the text; the count is on its own line.
+        if let Some(line) = text
+            .split_inclusive('\n')
+            .find(|l| l.starts_with("connected_clients:") && l.ends_with('\n'))
+        {
+            // This probe is a client too.
+            return line["connected_clients:".len()..]
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .map(|n| n - 1);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Cross-node runs: the Redis server and the channel of the benchmark room, and the
 /// wschat nodes that must all be linked to it before a run may start.
 pub struct Bus {
@@ -424,10 +493,12 @@ pub struct Target {
 }
 
 impl Target {
+    /// One server; the clients use its TLS port when it has one.
     pub fn single(p: ServerProc) -> Target {
+        let addr = p.tls_addr.unwrap_or(p.addr);
         Target {
-            pub_addr: p.addr,
-            sub_addr: p.addr,
+            pub_addr: addr,
+            sub_addr: addr,
             procs: vec![p],
             bus: None,
         }

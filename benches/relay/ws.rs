@@ -61,6 +61,8 @@ pub enum Phase {
 
 pub struct Conn {
     stream: Option<TcpStream>,
+    /// The TLS session when the generator runs with `--tls`.
+    tls: Option<Box<crate::tls::Client>>,
     pub phase: Phase,
     rbuf: Box<[u8]>,
     rlen: usize,
@@ -104,6 +106,8 @@ pub struct Counters {
     pub failed: usize,
     pub pending: usize,
     pub last_error: String,
+    /// Connections closed by the generator right after their upgrade (`Gen::churn`).
+    pub churned: u64,
     now_ns: u64,
     /// Bytes read on open connections, frames as they came: the bytes on the wire.
     pub wire_bytes: u64,
@@ -111,6 +115,9 @@ pub struct Counters {
     pub inflated: u64,
     /// Where a compressed message is inflated (reused).
     inflate_out: Vec<u8>,
+    /// Ciphertext read from a socket before rustls takes it (TLS only): one 64 KiB read per
+    /// readiness event, as for plain connections, instead of rustls's 4 KiB reads.
+    cipher: Box<[u8]>,
 }
 
 pub struct Gen {
@@ -128,6 +135,9 @@ pub struct Gen {
     pub offer_deflate: bool,
     /// Masked text that message bodies are cut from; None: the 'x' padding.
     corpus: Option<Vec<u8>>,
+    tls: Option<crate::tls::ClientConfig>,
+    /// Close every connection as soon as its upgrade completes (the handshake-rate scenario).
+    pub churn: bool,
 }
 
 impl Gen {
@@ -161,10 +171,12 @@ impl Gen {
                 failed: 0,
                 pending: 0,
                 last_error: String::new(),
+                churned: 0,
                 now_ns: 0,
                 wire_bytes: 0,
                 inflated: 0,
                 inflate_out: Vec::new(),
+                cipher: Box::default(),
             },
             rbuf_size,
             n_pubs,
@@ -173,6 +185,8 @@ impl Gen {
             request: Vec::new(),
             offer_deflate: false,
             corpus: None,
+            tls: crate::TLS_CLIENT.get().cloned(),
+            churn: false,
         })
     }
 
@@ -202,6 +216,10 @@ impl Gen {
         let src =
             Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 1)) + idx as u32 % SOURCE_ADDRS);
         let stream = connect_from(src, dst)?;
+        let tls = match &self.tls {
+            Some(cfg) => Some(Box::new(crate::tls::Client::new(cfg)?)),
+            None => None,
+        };
         let mut stream = TcpStream::from_std(stream);
         self.poll.registry().register(
             &mut stream,
@@ -223,6 +241,7 @@ impl Gen {
         wbuf.extend_from_slice(&self.request);
         self.conns.push(Conn {
             stream: Some(stream),
+            tls,
             phase: Phase::Connecting,
             rbuf: vec![0; self.rbuf_size].into_boxed_slice(),
             rlen: 0,
@@ -371,6 +390,17 @@ impl Gen {
                     }
                 }
             }
+            if self.churn && conn.phase == Phase::Open {
+                // Dropping the socket closes it; the buffers go too, so that a run of
+                // thousands of handshakes holds no more than the connections in progress.
+                conn.phase = Phase::Closed;
+                conn.stream = None;
+                conn.tls = None;
+                conn.rbuf = Box::default();
+                conn.wbuf = Vec::new();
+                conn.next_seq = Box::default();
+                self.c.churned += 1;
+            }
         }
     }
 
@@ -434,12 +464,27 @@ impl Conn {
         c.last_error = why;
         self.phase = Phase::Closed;
         self.stream = None; // closes the socket
+        self.tls = None;
     }
 
     fn write_out(&mut self, c: &mut Counters) {
         let Some(s) = self.stream.as_mut() else {
             return;
         };
+        if let Some(t) = self.tls.as_mut() {
+            if self.wpos < self.wbuf.len() {
+                if let Err(e) = t.queue(&self.wbuf[self.wpos..]) {
+                    return self.fail(c, format!("tls write: {e}"));
+                }
+                self.wbuf.clear();
+                self.wpos = 0;
+            }
+            match t.flush(s) {
+                Ok(n) => c.writes += n,
+                Err(e) => self.fail(c, format!("tls write: {e}")),
+            }
+            return;
+        }
         while self.wpos < self.wbuf.len() {
             match s.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => return self.fail(c, "write: closed".into()),
@@ -457,6 +502,15 @@ impl Conn {
     }
 
     fn read_in(&mut self, c: &mut Counters) {
+        if self.tls.is_some() {
+            if c.cipher.is_empty() {
+                c.cipher = vec![0; 64 * 1024].into_boxed_slice();
+            }
+            let mut cipher = std::mem::take(&mut c.cipher);
+            self.read_in_tls(c, &mut cipher);
+            c.cipher = cipher;
+            return;
+        }
         loop {
             if self.rlen == self.rbuf.len() {
                 return self.fail(c, "read buffer full (frame larger than buffer?)".into());
@@ -496,6 +550,64 @@ impl Conn {
         if !self.wbuf.is_empty() {
             self.write_out(c); // pongs
         }
+    }
+
+    /// `read_in` for a TLS connection: one socket read into `cipher`, fed to rustls; the
+    /// plaintext it yields goes through the read buffer as a plain connection's bytes do.
+    fn read_in_tls(&mut self, c: &mut Counters, cipher: &mut [u8]) {
+        loop {
+            let Some(s) = self.stream.as_mut() else {
+                return;
+            };
+            let n = match s.read(cipher) {
+                Ok(0) => return self.fail(c, "closed by server".into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail(c, format!("read: {e}")),
+            };
+            c.reads += 1;
+            c.now_ns = 0;
+            let mut rest = &cipher[..n];
+            while !rest.is_empty() {
+                let Some(t) = self.tls.as_mut() else {
+                    return;
+                };
+                match t.read_tls(&mut rest) {
+                    Ok(Some(k)) if k > 0 => {}
+                    Ok(_) => return self.fail(c, "tls: rustls took no ciphertext".into()),
+                    Err(e) => return self.fail(c, format!("tls: {e}")),
+                }
+                // Drain the plaintext after every step: rustls holds at most 16 KiB of it.
+                loop {
+                    if self.rlen == self.rbuf.len() {
+                        return self.fail(c, "read buffer full (frame larger than buffer?)".into());
+                    }
+                    let Some(t) = self.tls.as_mut() else {
+                        return;
+                    };
+                    match t.read_plain(&mut self.rbuf[self.rlen..]) {
+                        Ok(0) => break,
+                        Ok(k) => self.rlen += k,
+                        Err(e) => return self.fail(c, format!("tls: {e}")),
+                    }
+                    if self.phase == Phase::Handshake {
+                        self.handshake(c);
+                    }
+                    if self.phase == Phase::Open {
+                        self.parse(c);
+                    }
+                    if self.phase == Phase::Closed {
+                        return;
+                    }
+                }
+            }
+            if n < cipher.len() {
+                break; // a short read drained the socket (see read_in)
+            }
+        }
+        // Handshake messages, pongs.
+        self.write_out(c);
     }
 
     /// Consumes the HTTP response head; false while it is incomplete or on failure.
