@@ -136,7 +136,7 @@ pub struct Config {
     pub page: PageSource,
     pub max_message_size: usize,
     pub max_outbound: usize,
-    /// A sub-limit of the memory ceiling for all queues together (capped at half of it).
+    /// A sub-limit of the memory ceiling for all queues together (capped at a quarter of it).
     pub max_outbound_total: usize,
     /// The memory ceiling (`--max-memory`); None: derived from the host at start.
     pub max_memory: Option<usize>,

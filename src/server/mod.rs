@@ -281,9 +281,9 @@ impl Server {
                 (usize::try_from(bytes).unwrap_or(usize::MAX), how)
             }
         };
-        if ceiling / 2 < config.max_outbound {
+        if ceiling / 4 < config.max_outbound {
             return Err(ServerError::Config(ConfigError(format!(
-                "--max-memory {ceiling} is too small: half of it must hold one client's --max-outbound ({})",
+                "--max-memory {ceiling} is too small: a quarter of it must hold one client's --max-outbound ({})",
                 config.max_outbound
             ))));
         }
@@ -393,7 +393,7 @@ impl Server {
             self.max_connections,
             self.config.max_message_size,
             self.config.max_outbound,
-            self.config.max_outbound_total.min(self.memory.ceiling / 2),
+            self.outbound_limit(),
             self.config.slow_client,
             if self.config.compression {
                 format!("on (from {} bytes)", self.config.compression_min)

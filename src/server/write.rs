@@ -18,10 +18,11 @@ impl Server {
     }
 
     /// All queues together may hold this much: `--max-outbound-total`, a sub-limit of the
-    /// memory ceiling capped at half of it, so queues alone never crowd out request heads and
+    /// memory ceiling capped at a quarter of it: a queue's buffers can take up to twice its
+    /// bytes (they grow by doubling), and queues alone must never crowd out request heads and
     /// partial messages.
     pub(super) fn outbound_limit(&self) -> usize {
-        self.config.max_outbound_total.min(self.memory.ceiling / 2)
+        self.config.max_outbound_total.min(self.memory.ceiling / 4)
     }
 
     /// Sheds the largest queues by the slow-client policy until all of them together hold at
