@@ -6,6 +6,7 @@
 //!   cargo bench --bench relay -- fanout --runs 3 --servers wschat,limit,bun,node
 //!   cargo bench --bench relay -- --smoke            small sizes, one run
 //!   cargo bench --bench relay -- compression        permessage-deflate fan-out
+//!   cargo bench --bench relay -- v1                 fan-out to raw vs wschat.v1 subscribers
 //!   cargo bench --bench relay -- --help
 //!
 //! The server runs on CPU 0, this generator on CPU 1; both CPU times are
@@ -14,6 +15,7 @@
 mod limit;
 mod server;
 mod stats;
+mod v1;
 mod ws;
 
 use server::{Kind, Options, ServerProc, Target};
@@ -35,9 +37,10 @@ enum Scenario {
     Large,
     CrossNode,
     Compression,
+    V1Members,
 }
 
-const ALL: [Scenario; 8] = [
+const ALL: [Scenario; 9] = [
     Scenario::Fanout,
     Scenario::FixedRate,
     Scenario::AllToAll,
@@ -46,6 +49,7 @@ const ALL: [Scenario; 8] = [
     Scenario::Large,
     Scenario::CrossNode,
     Scenario::Compression,
+    Scenario::V1Members,
 ];
 
 impl Scenario {
@@ -59,6 +63,7 @@ impl Scenario {
             Scenario::Large => "large",
             Scenario::CrossNode => "cross-node",
             Scenario::Compression => "compression",
+            Scenario::V1Members => "v1",
         }
     }
 
@@ -75,6 +80,7 @@ impl Scenario {
                 "large-messages" => Some(Scenario::Large),
                 "cross" | "redis" => Some(Scenario::CrossNode),
                 "deflate" | "permessage-deflate" => Some(Scenario::Compression),
+                "wschat.v1" | "v1-members" | "subprotocol" => Some(Scenario::V1Members),
                 _ => None,
             })
     }
@@ -105,7 +111,7 @@ const USAGE: &str = "\
 usage: cargo bench --bench relay -- [SCENARIO ...] [OPTIONS]
 
 scenarios (default: all): fanout fixed-rate all-to-all idle-memory many-conns large cross-node
-                          compression
+                          compression v1 (fan-out, wschat only: raw vs wschat.v1 subscribers)
 
 options:
   --runs N            runs per server and scenario (default 5; many-conns 1)
@@ -287,6 +293,10 @@ fn main() {
             compression(&cfg, &servers);
             continue;
         }
+        if sc == Scenario::V1Members {
+            v1_members(&cfg, &servers);
+            continue;
+        }
         let runs = cfg
             .runs
             .unwrap_or(if sc == Scenario::ManyConns { 1 } else { 5 });
@@ -352,7 +362,7 @@ fn describe(sc: Scenario, c: &Cfg) -> String {
             "1 publisher, {} subscribers, {} B messages, window 4, {d} s",
             c.large_subs, c.large_size
         ),
-        Scenario::CrossNode | Scenario::Compression => String::new(),
+        Scenario::CrossNode | Scenario::Compression | Scenario::V1Members => String::new(),
     }
 }
 
@@ -379,7 +389,9 @@ fn run_one(sc: Scenario, kind: Kind, cfg: &Cfg, tag: &str) -> RunResult {
         Scenario::AllToAll => all_to_all(&mut t, cfg),
         Scenario::IdleMemory => idle_memory(&mut t, cfg),
         Scenario::ManyConns => many_conns(&mut t, cfg),
-        Scenario::CrossNode | Scenario::Compression => unreachable!("handled in main"),
+        Scenario::CrossNode | Scenario::Compression | Scenario::V1Members => {
+            unreachable!("handled in main")
+        }
     }
 }
 
@@ -396,6 +408,8 @@ struct FanParams {
     large: bool,
     /// Offer permessage-deflate and send JSON-like bodies (the compression scenario).
     deflate: bool,
+    /// Subscribers ask for wschat.v1 and unwrap its JSON frames (publishers stay raw).
+    v1: bool,
 }
 
 impl FanParams {
@@ -410,6 +424,7 @@ impl FanParams {
             duration: c.duration,
             large: false,
             deflate: false,
+            v1: false,
         }
     }
     fn fixed_rate(c: &Cfg) -> Self {
@@ -568,7 +583,9 @@ fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
         g.offer_deflate = true;
         g.set_corpus(p.size + 256 * 1024);
     }
+    g.v1 = p.v1;
     let subs = connect_all(&mut g, t.sub_addr, p.subs, 60)?;
+    g.v1 = false;
     let pubs = connect_all(&mut g, t.pub_addr, p.pubs, 60)?;
     for (k, i) in pubs.clone().enumerate() {
         g.conns[i].pub_id = Some(k as u32);
@@ -878,6 +895,61 @@ fn compression(cfg: &Cfg, servers: &[Kind]) {
                 let tag = format!("compression-{name}-{run}");
                 let mut t = Target::single(ServerProc::start(*kind, &opts, &cfg.log_dir, &tag)?);
                 fanout(&mut t, &p)
+            })();
+            record(&mut results[vi], name, run, res);
+        }
+    }
+    report(&results);
+}
+
+/// The fan-out scenario on wschat twice, interleaved: every subscriber raw, then every
+/// subscriber speaking wschat.v1 (a JSON `msg` frame per delivery, the generator's header at
+/// the start of its `text`). Issue 15's goal: v1 costs at most 1.3x the server CPU per delivery.
+fn v1_members(cfg: &Cfg, servers: &[Kind]) {
+    if !servers.contains(&Kind::Wschat) {
+        println!("\n== v1 == skipped: needs wschat in --servers");
+        return;
+    }
+    if let Err(e) = v1::self_check() {
+        println!("\n== v1 == FAILED: {e}");
+        return;
+    }
+    let raw = FanParams::fanout(cfg);
+    println!(
+        "\n== v1 == {} subscribers + {} raw publishers, one room, {} B text, window {} per \
+         publisher, {} s; subscribers raw, then all wschat.v1",
+        raw.subs,
+        raw.pubs,
+        raw.size,
+        raw.window,
+        raw.duration.as_secs_f64()
+    );
+    let variants = [
+        ("raw", FanParams::fanout(cfg)),
+        (
+            "v1",
+            FanParams {
+                v1: true,
+                ..FanParams::fanout(cfg)
+            },
+        ),
+    ];
+    let mut results: Vec<Slot> = variants
+        .iter()
+        .map(|(name, _)| (name.to_string(), Vec::new(), 0))
+        .collect();
+    for run in 0..cfg.runs.unwrap_or(5) {
+        for (vi, (name, p)) in variants.iter().enumerate() {
+            let res = (|| {
+                let opts = Options {
+                    echo: false,
+                    max_connections: None,
+                    extra: Vec::new(),
+                };
+                let tag = format!("v1-{name}-{run}");
+                let mut t =
+                    Target::single(ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &tag)?);
+                fanout(&mut t, p)
             })();
             record(&mut results[vi], name, run, res);
         }

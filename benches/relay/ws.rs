@@ -23,6 +23,7 @@
 //!   each message, so that neither side compresses a message against an identical one.
 
 use crate::stats::Histogram;
+use crate::v1;
 use miniz_oxide::inflate::stream::{InflateState, inflate};
 use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
 use mio::net::TcpStream;
@@ -78,6 +79,8 @@ pub struct Conn {
     dirty: bool,
     /// The 101 accepted permessage-deflate: this connection's inflate stream.
     inflate: Option<Box<InflateState>>,
+    /// Asked for `wschat.v1` (the 101 must accept it): text deliveries are JSON frames.
+    v1: bool,
 }
 
 /// What the generator counts; separate from the connections so that a
@@ -128,6 +131,8 @@ pub struct Gen {
     pub offer_deflate: bool,
     /// Masked text that message bodies are cut from; None: the 'x' padding.
     corpus: Option<Vec<u8>>,
+    /// Ask for `wschat.v1` in the upgrades that follow (see v1.rs).
+    pub v1: bool,
 }
 
 impl Gen {
@@ -173,6 +178,7 @@ impl Gen {
             request: Vec::new(),
             offer_deflate: false,
             corpus: None,
+            v1: false,
         })
     }
 
@@ -214,10 +220,15 @@ impl Gen {
         } else {
             String::new()
         };
+        let proto = if self.v1 {
+            format!("Sec-WebSocket-Protocol: {}\r\n", v1::PROTOCOL)
+        } else {
+            String::new()
+        };
         write!(
             self.request,
             "GET /{room} HTTP/1.1\r\nHost: {dst}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             {offer}Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             {offer}{proto}Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )?;
         let mut wbuf = Vec::with_capacity(256);
         wbuf.extend_from_slice(&self.request);
@@ -236,6 +247,7 @@ impl Gen {
             received: 0,
             dirty: false,
             inflate: None,
+            v1: self.v1,
         });
         self.c.pending += 1;
         Ok(idx)
@@ -521,6 +533,11 @@ impl Conn {
         if accepted {
             self.inflate = Some(InflateState::new_boxed(DataFormat::Raw));
         }
+        let proto = v1::PROTOCOL.as_bytes();
+        if self.v1 && !head.windows(proto.len()).any(|w| w == proto) {
+            self.fail(c, "handshake: wschat.v1 not accepted".into());
+            return false;
+        }
         self.rbuf.copy_within(end + 4..self.rlen, 0);
         self.rlen -= end + 4;
         self.phase = Phase::Open;
@@ -541,6 +558,7 @@ impl Conn {
             frag_len,
             received,
             inflate: inflate_state,
+            v1: speaks_v1,
             ..
         } = self;
         let cap = rbuf.len();
@@ -588,13 +606,34 @@ impl Conn {
                     };
                     if inflated {
                         c.inflated += 1;
-                        deliver(c, next_seq, received, parse_hdr(&out), out.len());
+                        if !*speaks_v1 || b0 & 0x0f == 2 {
+                            deliver(c, next_seq, received, parse_hdr(&out), out.len());
+                        } else if let v1::Frame::Msg(h) = v1::unwrap(&out) {
+                            deliver(
+                                c,
+                                next_seq,
+                                received,
+                                h.as_ref().and_then(|h| parse_hdr(h)),
+                                out.len(),
+                            );
+                        }
                     } else {
                         failure = Some("compressed frame that does not inflate".into());
                     }
                     c.inflate_out = out;
                     if failure.is_some() {
                         break;
+                    }
+                }
+                1 if *speaks_v1 => {
+                    // Servers send a JSON frame whole; a fragment would be a surprise.
+                    match v1::unwrap(payload) {
+                        _ if !fin => c.bad += 1,
+                        v1::Frame::Msg(h) => {
+                            let h = h.as_ref().and_then(|h| parse_hdr(h));
+                            deliver(c, next_seq, received, h, len);
+                        }
+                        v1::Frame::Other => {}
                     }
                 }
                 1 | 2 => {
