@@ -62,11 +62,13 @@ fn unescape_header(s: &[u8]) -> Option<[u8; HDR]> {
                     b'r' => b'\r',
                     b't' => b'\t',
                     b'u' => {
-                        let hex = std::str::from_utf8(s.get(i..i + 4)?).ok()?;
+                        // The header is 7-bit: only \u00XX with XX < 0x80 can stand for a byte.
+                        let [b'0', b'0', hi, lo] = *s.get(i..i + 4)? else {
+                            return None;
+                        };
                         i += 4;
-                        u8::try_from(u16::from_str_radix(hex, 16).ok()?)
-                            .ok()
-                            .filter(u8::is_ascii)?
+                        let v = nibble(hi)? << 4 | nibble(lo)?;
+                        v.is_ascii().then_some(v)?
                     }
                     _ => return None,
                 }
@@ -75,6 +77,16 @@ fn unescape_header(s: &[u8]) -> Option<[u8; HDR]> {
         };
     }
     Some(out)
+}
+
+/// The value of one hex digit (either case).
+fn nibble(h: u8) -> Option<u8> {
+    match h {
+        b'0'..=b'9' => Some(h - b'0'),
+        b'a'..=b'f' => Some(h - b'a' + 10),
+        b'A'..=b'F' => Some(h - b'A' + 10),
+        _ => None,
+    }
 }
 
 /// Checks the unwrapping on frames as the server writes them (benches run without a test
