@@ -963,6 +963,26 @@ fn v1_members(cfg: &Cfg, servers: &[Kind]) {
         }
     }
     report(&results);
+    // The same round's raw run is the fairest base on a machine whose load drifts.
+    let cpu = |ms: &[M]| {
+        ms.iter()
+            .find(|x| x.name == "server CPU ns/delivery")
+            .map(|x| x.v)
+    };
+    let ratios: Vec<f64> = results[1]
+        .1
+        .iter()
+        .filter_map(|(run, ms)| {
+            let (_, base) = results[0].1.iter().find(|(r, _)| r == run)?;
+            Some(cpu(ms)? / cpu(base)?)
+        })
+        .collect();
+    if let Some(s) = stats::summarize(&ratios) {
+        println!(
+            "  server CPU ns/delivery, v1 ÷ raw round by round: {:.3} (min – max {:.3} – {:.3}, {} rounds)",
+            s.median, s.min, s.max, s.n
+        );
+    }
 }
 
 /// Publishers on node A, subscribers on node B, one redis-server between them;
