@@ -6,6 +6,7 @@
 //!   cargo bench --bench relay -- fanout --runs 3 --servers wschat,limit,bun,node
 //!   cargo bench --bench relay -- --smoke            small sizes, one run
 //!   cargo bench --bench relay -- compression        permessage-deflate fan-out
+//!   cargo bench --bench relay -- v1                 fan-out to raw vs wschat.v1 subscribers
 //!   cargo bench --bench relay -- --help
 //!
 //! The server runs on CPU 0, this generator on CPU 1; both CPU times are
@@ -15,6 +16,7 @@ mod limit;
 mod server;
 mod stats;
 mod tls;
+mod v1;
 mod ws;
 
 use server::{Kind, Options, ServerProc, Target};
@@ -41,10 +43,11 @@ enum Scenario {
     Compression,
     Handshakes,
     ReusePort,
+    V1Members,
 }
 
 /// The scenarios run when none is named (handshakes and reuse-port only on request).
-const ALL: [Scenario; 8] = [
+const ALL: [Scenario; 9] = [
     Scenario::Fanout,
     Scenario::FixedRate,
     Scenario::AllToAll,
@@ -53,6 +56,7 @@ const ALL: [Scenario; 8] = [
     Scenario::Large,
     Scenario::CrossNode,
     Scenario::Compression,
+    Scenario::V1Members,
 ];
 
 impl Scenario {
@@ -68,6 +72,7 @@ impl Scenario {
             Scenario::Compression => "compression",
             Scenario::Handshakes => "handshakes",
             Scenario::ReusePort => "reuse-port",
+            Scenario::V1Members => "v1",
         }
     }
 
@@ -87,6 +92,7 @@ impl Scenario {
                 "deflate" | "permessage-deflate" => Some(Scenario::Compression),
                 "handshake" | "tls-handshakes" => Some(Scenario::Handshakes),
                 "reuseport" | "reuse" => Some(Scenario::ReusePort),
+                "wschat.v1" | "v1-members" | "subprotocol" => Some(Scenario::V1Members),
                 _ => None,
             })
     }
@@ -110,6 +116,8 @@ struct Cfg {
     large_subs: usize,
     large_size: usize,
     compression_size: usize,
+    /// v1 scenario: the fixed-rate load instead of fan-out's saturation.
+    v1_fixed_rate: bool,
     log_dir: PathBuf,
     /// `--tls`: certificate and key every server is given; the clients speak TLS.
     tls: Option<(PathBuf, PathBuf)>,
@@ -121,7 +129,7 @@ const USAGE: &str = "\
 usage: cargo bench --bench relay -- [SCENARIO ...] [OPTIONS]
 
 scenarios (default: all): fanout fixed-rate all-to-all idle-memory many-conns large cross-node
-                          compression
+                          compression v1 (fan-out, wschat only: raw vs wschat.v1 subscribers)
   and, only when named: handshakes (connect + upgrade, then close, as fast as the server takes
   them), reuse-port (two wschat processes on one port sharing rooms through redis-server,
   against one process: fan-out and all-to-all)
@@ -149,6 +157,7 @@ options:
   --tls               every client speaks TLS 1.3 (rustls) to the server's TLS port, with an
                       ECDSA P-256 certificate made by openssl at start (limit is skipped)
   --concurrency N     handshakes: connections being opened at once (default 64)
+  --v1-fixed-rate     v1: the fixed-rate load (--rate) instead of fan-out's saturation
 ";
 
 fn parse_args() -> Result<Cfg, String> {
@@ -170,6 +179,7 @@ fn parse_args() -> Result<Cfg, String> {
         large_subs: 100,
         large_size: 64 * 1024,
         compression_size: 2048,
+        v1_fixed_rate: false,
         log_dir: Path::new(env!("CARGO_TARGET_TMPDIR")).join("relay-logs"),
         tls: None,
         concurrency: 64,
@@ -199,6 +209,7 @@ fn parse_args() -> Result<Cfg, String> {
         let secs = |s: String| num(s).map(Duration::from_secs_f64);
         match a.as_str() {
             "--bench" | "--smoke" => {} // cargo bench passes --bench
+            "--v1-fixed-rate" => cfg.v1_fixed_rate = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -337,6 +348,10 @@ fn main() {
             reuse_port(&cfg);
             continue;
         }
+        if sc == Scenario::V1Members {
+            v1_members(&cfg, &servers);
+            continue;
+        }
         let runs = cfg
             .runs
             .unwrap_or(if sc == Scenario::ManyConns { 1 } else { 5 });
@@ -416,7 +431,9 @@ fn describe(sc: Scenario, c: &Cfg) -> String {
             },
             c.concurrency
         ),
-        Scenario::CrossNode | Scenario::Compression | Scenario::ReusePort => String::new(),
+        Scenario::CrossNode | Scenario::Compression | Scenario::ReusePort | Scenario::V1Members => {
+            String::new()
+        }
     }
 }
 
@@ -446,7 +463,7 @@ fn run_one(sc: Scenario, kind: Kind, cfg: &Cfg, tag: &str) -> RunResult {
         Scenario::IdleMemory => idle_memory(&mut t, cfg),
         Scenario::ManyConns => many_conns(&mut t, cfg),
         Scenario::Handshakes => handshakes(&mut t, cfg),
-        Scenario::CrossNode | Scenario::Compression | Scenario::ReusePort => {
+        Scenario::CrossNode | Scenario::Compression | Scenario::ReusePort | Scenario::V1Members => {
             unreachable!("handled in main")
         }
     }
@@ -465,6 +482,8 @@ struct FanParams {
     large: bool,
     /// Offer permessage-deflate and send JSON-like bodies (the compression scenario).
     deflate: bool,
+    /// Subscribers ask for wschat.v1 and unwrap its JSON frames (publishers stay raw).
+    v1: bool,
 }
 
 impl FanParams {
@@ -479,6 +498,7 @@ impl FanParams {
             duration: c.duration,
             large: false,
             deflate: false,
+            v1: false,
         }
     }
     fn fixed_rate(c: &Cfg) -> Self {
@@ -660,7 +680,9 @@ fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
         g.offer_deflate = true;
         g.set_corpus(p.size + 256 * 1024);
     }
+    g.v1 = p.v1;
     let subs = connect_all(&mut g, t.sub_addr, p.subs, 60)?;
+    g.v1 = false;
     let pubs = connect_all(&mut g, t.pub_addr, p.pubs, 60)?;
     for (k, i) in pubs.clone().enumerate() {
         g.conns[i].pub_id = Some(k as u32);
@@ -743,12 +765,16 @@ fn fanout(t: &mut Target, p: &FanParams) -> RunResult {
         ));
     }
     window_metrics(&g, &s0, &s1, &mut out);
-    if p.deflate {
+    if p.deflate || p.v1 {
+        // Where the time goes at saturation: bytes, whatever frames carry them.
         let delivered = (s1.delivered - s0.delivered).max(1) as f64;
         out.push(m(
             "wire bytes/delivery",
             (s1.wire - s0.wire) as f64 / delivered,
         ));
+    }
+    if p.deflate {
+        let delivered = (s1.delivered - s0.delivered).max(1) as f64;
         out.push(m(
             "compressed share",
             (s1.inflated - s0.inflated) as f64 / delivered,
@@ -1018,6 +1044,82 @@ fn compression(cfg: &Cfg, servers: &[Kind]) {
         }
     }
     report(&results);
+}
+
+/// The fan-out scenario on wschat twice, interleaved: every subscriber raw, then every
+/// subscriber speaking wschat.v1 (a JSON `msg` frame per delivery, the generator's header at
+/// the start of its `text`). Issue 15's goal: v1 costs at most 1.3x the server CPU per delivery.
+fn v1_members(cfg: &Cfg, servers: &[Kind]) {
+    if !servers.contains(&Kind::Wschat) {
+        println!("\n== v1 == skipped: needs wschat in --servers");
+        return;
+    }
+    if let Err(e) = v1::self_check() {
+        println!("\n== v1 == FAILED: {e}");
+        return;
+    }
+    let raw = if cfg.v1_fixed_rate {
+        FanParams::fixed_rate(cfg)
+    } else {
+        FanParams::fanout(cfg)
+    };
+    let load = match raw.rate {
+        Some(r) => format!("{r} msg/s per publisher"),
+        None => format!("window {} per publisher", raw.window),
+    };
+    println!(
+        "\n== v1 == {} subscribers + {} raw publishers, one room, {} B text, {load}, {} s; \
+         subscribers raw, then all wschat.v1",
+        raw.subs,
+        raw.pubs,
+        raw.size,
+        raw.duration.as_secs_f64()
+    );
+    let all_v1 = FanParams { v1: true, ..raw };
+    let variants = [("raw", raw), ("v1", all_v1)];
+    let mut results: Vec<Slot> = variants
+        .iter()
+        .map(|(name, _)| (name.to_string(), Vec::new(), 0))
+        .collect();
+    for run in 0..cfg.runs.unwrap_or(5) {
+        for (vi, (name, p)) in variants.iter().enumerate() {
+            let res = (|| {
+                let opts = Options {
+                    echo: false,
+                    max_connections: None,
+                    extra: Vec::new(),
+                    tls: None,
+                    port: None,
+                };
+                let tag = format!("v1-{name}-{run}");
+                let mut t =
+                    Target::single(ServerProc::start(Kind::Wschat, &opts, &cfg.log_dir, &tag)?);
+                fanout(&mut t, p)
+            })();
+            record(&mut results[vi], name, run, res);
+        }
+    }
+    report(&results);
+    // The same round's raw run is the fairest base on a machine whose load drifts.
+    let cpu = |ms: &[M]| {
+        ms.iter()
+            .find(|x| x.name == "server CPU ns/delivery")
+            .map(|x| x.v)
+    };
+    let ratios: Vec<f64> = results[1]
+        .1
+        .iter()
+        .filter_map(|(run, ms)| {
+            let (_, base) = results[0].1.iter().find(|(r, _)| r == run)?;
+            Some(cpu(ms)? / cpu(base)?)
+        })
+        .collect();
+    if let Some(s) = stats::summarize(&ratios) {
+        println!(
+            "  server CPU ns/delivery, v1 ÷ raw round by round: {:.3} (min – max {:.3} – {:.3}, {} rounds)",
+            s.median, s.min, s.max, s.n
+        );
+    }
 }
 
 /// Publishers on node A, subscribers on node B, one redis-server between them;

@@ -23,6 +23,7 @@
 //!   each message, so that neither side compresses a message against an identical one.
 
 use crate::stats::Histogram;
+use crate::v1;
 use miniz_oxide::inflate::stream::{InflateState, inflate};
 use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
 use mio::net::TcpStream;
@@ -80,6 +81,8 @@ pub struct Conn {
     dirty: bool,
     /// The 101 accepted permessage-deflate: this connection's inflate stream.
     inflate: Option<Box<InflateState>>,
+    /// Asked for `wschat.v1` (the 101 must accept it): text deliveries are JSON frames.
+    v1: bool,
 }
 
 /// What the generator counts; separate from the connections so that a
@@ -138,6 +141,8 @@ pub struct Gen {
     tls: Option<crate::tls::ClientConfig>,
     /// Close every connection as soon as its upgrade completes (the handshake-rate scenario).
     pub churn: bool,
+    /// Ask for `wschat.v1` in the upgrades that follow (see v1.rs).
+    pub v1: bool,
 }
 
 impl Gen {
@@ -187,6 +192,7 @@ impl Gen {
             corpus: None,
             tls: crate::TLS_CLIENT.get().cloned(),
             churn: false,
+            v1: false,
         })
     }
 
@@ -232,10 +238,15 @@ impl Gen {
         } else {
             String::new()
         };
+        let proto = if self.v1 {
+            format!("Sec-WebSocket-Protocol: {}\r\n", v1::PROTOCOL)
+        } else {
+            String::new()
+        };
         write!(
             self.request,
             "GET /{room} HTTP/1.1\r\nHost: {dst}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             {offer}Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             {offer}{proto}Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )?;
         let mut wbuf = Vec::with_capacity(256);
         wbuf.extend_from_slice(&self.request);
@@ -255,6 +266,7 @@ impl Gen {
             received: 0,
             dirty: false,
             inflate: None,
+            v1: self.v1,
         });
         self.c.pending += 1;
         Ok(idx)
@@ -633,6 +645,11 @@ impl Conn {
         if accepted {
             self.inflate = Some(InflateState::new_boxed(DataFormat::Raw));
         }
+        let proto = v1::PROTOCOL.as_bytes();
+        if self.v1 && !head.windows(proto.len()).any(|w| w == proto) {
+            self.fail(c, "handshake: wschat.v1 not accepted".into());
+            return false;
+        }
         self.rbuf.copy_within(end + 4..self.rlen, 0);
         self.rlen -= end + 4;
         self.phase = Phase::Open;
@@ -653,6 +670,7 @@ impl Conn {
             frag_len,
             received,
             inflate: inflate_state,
+            v1: speaks_v1,
             ..
         } = self;
         let cap = rbuf.len();
@@ -700,13 +718,34 @@ impl Conn {
                     };
                     if inflated {
                         c.inflated += 1;
-                        deliver(c, next_seq, received, parse_hdr(&out), out.len());
+                        if !*speaks_v1 || b0 & 0x0f == 2 {
+                            deliver(c, next_seq, received, parse_hdr(&out), out.len());
+                        } else if let v1::Frame::Msg(h) = v1::unwrap(&out) {
+                            deliver(
+                                c,
+                                next_seq,
+                                received,
+                                h.as_ref().and_then(|h| parse_hdr(h)),
+                                out.len(),
+                            );
+                        }
                     } else {
                         failure = Some("compressed frame that does not inflate".into());
                     }
                     c.inflate_out = out;
                     if failure.is_some() {
                         break;
+                    }
+                }
+                1 if *speaks_v1 => {
+                    // Servers send a JSON frame whole; a fragment would be a surprise.
+                    match v1::unwrap(payload) {
+                        _ if !fin => c.bad += 1,
+                        v1::Frame::Msg(h) => {
+                            let h = h.as_ref().and_then(|h| parse_hdr(h));
+                            deliver(c, next_seq, received, h, len);
+                        }
+                        v1::Frame::Other => {}
                     }
                 }
                 1 | 2 => {
@@ -874,10 +913,15 @@ pub fn now_ns_global() -> u64 {
     T0.with(|t| t.get_or_init(Instant::now).elapsed().as_nanos() as u64)
 }
 
+/// Flipped in every header byte: the common zero groups (high bits of small numbers) become
+/// '@' instead of control characters, which JSON escapes as six bytes each (the wschat.v1
+/// frames of the v1 scenario would grow by some 50 bytes a delivery).
+const FLIP: u64 = 0x4040_4040_4040_4040;
+
 /// Spreads the low 56 bits of `v` over 8 bytes of 7 bits (little-endian groups):
 /// every byte is ASCII, so a header of such words keeps a text message valid UTF-8.
 fn pack7(v: u64) -> u64 {
-    (0..8).fold(0, |out, i| out | ((v >> (7 * i)) & 0x7f) << (8 * i))
+    (0..8).fold(0, |out, i| out | ((v >> (7 * i)) & 0x7f) << (8 * i)) ^ FLIP
 }
 
 /// The inverse of `pack7`, in three steps of shifts and masks (14, 28, 56 bits).
@@ -901,9 +945,9 @@ fn parse_hdr(p: &[u8]) -> Option<(u32, u64, u64)> {
     if (first | time) & 0x8080_8080_8080_8080 != 0 {
         return None;
     }
-    let first = unpack7(first);
+    let first = unpack7(first ^ FLIP);
     let seq = first & ((1 << SEQ_BITS) - 1);
-    Some(((first >> SEQ_BITS) as u32, seq, unpack7(time)))
+    Some(((first >> SEQ_BITS) as u32, seq, unpack7(time ^ FLIP)))
 }
 
 /// A non-blocking TCP connect from `src` (port chosen at connect time, so the
