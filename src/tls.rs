@@ -258,7 +258,7 @@ impl TlsSession {
             let discard = status.discard;
             let step = match status.state {
                 Err(error) => {
-                    self.fail(socket, &error);
+                    self.fail(socket, &error, &mut records[start + discard..]);
                     return Err(io::Error::new(io::ErrorKind::InvalidData, error));
                 }
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
@@ -302,19 +302,16 @@ impl TlsSession {
         Ok(produced)
     }
 
-    /// The session failed: rustls has queued an alert; send it once, then give up.
-    fn fail(&mut self, socket: &mut TcpStream, error: &rustls::Error) {
+    /// The session failed: rustls has queued an alert; send it once, then give up. rustls is
+    /// given the input it has not discarded (the unbuffered API tracks its progress in those
+    /// bytes: any other buffer, an empty one included, makes it index out of bounds), and
+    /// asked once: the alert comes first.
+    fn fail(&mut self, socket: &mut TcpStream, error: &rustls::Error, undiscarded: &mut [u8]) {
         log::debug!("TLS session failed: {error}");
         self.failed = true;
-        for _ in 0..4 {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    encode_into(&mut self.outgoing, |buf| encode.encode(buf));
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => break,
-            }
+        let status = self.conn.process_tls_records(undiscarded);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
+            encode_into(&mut self.outgoing, |buf| encode.encode(buf));
         }
         let _ = send(socket, &mut self.outgoing);
     }
@@ -382,36 +379,54 @@ impl TlsSession {
         Ok(taken)
     }
 
-    /// Encrypts one piece of plaintext (at most one record's worth) into `out`.
+    /// Encrypts one piece of plaintext (at most one record's worth) into `out`. rustls gets the
+    /// undiscarded input back (the unbuffered API tracks its progress in it), and what it
+    /// discards is dropped from it.
     fn encrypt(&mut self, piece: &[u8], out: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let result = loop {
+            let status = self.conn.process_tls_records(&mut incoming);
+            let discard = status.discard;
+            let step = match status.state {
                 Ok(ConnectionState::WriteTraffic(mut traffic)) => {
-                    return traffic.encrypt(piece, out).map_err(encrypt_error);
+                    Some(traffic.encrypt(piece, out).map_err(encrypt_error))
                 }
                 // A key update or an alert rustls wants out first.
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                     encode_into(&mut self.outgoing, |buf| encode.encode(buf));
+                    None
                 }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                Ok(_) => return Err(io::ErrorKind::WouldBlock.into()),
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    transmit.done();
+                    None
+                }
+                Ok(_) => Some(Err(io::ErrorKind::WouldBlock.into())),
+                Err(e) => Some(Err(io::Error::new(io::ErrorKind::InvalidData, e))),
+            };
+            incoming.drain(..discard);
+            if let Some(result) = step {
+                break result;
             }
-        }
+        };
+        self.incoming = incoming;
+        result
     }
 
     /// Queues our close_notify (once) and sends what is held. True when all of it has gone.
     pub fn close_notify(&mut self, socket: &mut TcpStream) -> bool {
         if !self.close_sent && !self.failed {
             self.close_sent = true;
-            let status = self.conn.process_tls_records(&mut []);
+            let mut incoming = std::mem::take(&mut self.incoming);
+            let status = self.conn.process_tls_records(&mut incoming);
+            let discard = status.discard;
             if let Ok(ConnectionState::WriteTraffic(mut traffic)) = status.state {
                 let mut alert = [0u8; 64];
                 if let Ok(n) = traffic.queue_close_notify(&mut alert) {
                     self.outgoing.extend_from_slice(&alert[..n]);
                 }
             }
+            incoming.drain(..discard);
+            self.incoming = incoming;
         }
         matches!(send(socket, &mut self.outgoing), Ok(true) | Err(_))
     }

@@ -626,6 +626,17 @@ fn bad_flights(config: std::sync::Arc<rustls::ClientConfig>) -> Vec<(&'static st
             vec![0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5],
         ),
         ("a ClientHello, then garbage", hello_then_garbage),
+        // Found by fuzzing: a handshake fragment of one byte, then a record that fails. rustls
+        // had made progress into bytes it had not discarded, and the alert path handed it an
+        // empty buffer: an index out of range, which (panic = abort) ended the server.
+        ("a handshake fragment, then a bad record", {
+            let mut flight = vec![
+                0x16, 0x03, 0x00, 0x00, 0x01, 0xfa, 0xf0, 0x7f, 0x00, 0x26, 0x00,
+            ];
+            flight.resize(38, 0);
+            flight.extend_from_slice(&[0x05, 0x85, 0xfb, 0x25]);
+            flight
+        }),
         // A handshake message announcing 64 KiB, in full records: rustls joins handshake
         // messages across records, so the server holds them until it can judge.
         ("a 64 KiB handshake message over five records", {

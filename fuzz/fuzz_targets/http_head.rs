@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = http::origin_matches_host(origin, host);
             }
             if let Some(upgrade) = &request.upgrade {
-                let response = http::switching_protocols(&upgrade.key, None);
+                let response = http::switching_protocols(&upgrade.key, None, None);
                 assert!(response.starts_with(b"HTTP/1.1 101 "));
             }
             // The wschat.v1 parameters come from the same head: refused or parsed, no panic.
