@@ -1,9 +1,10 @@
-//! The memory ceiling (`--max-memory`), enforced once per pass. In order, as use climbs:
-//! new upgrades get 503 (`Refusing`, also `/healthz`); the connections holding partial input
-//! stop being read, so TCP pushes back on them, and those that hold it past the stall limit
-//! (`--handshake-timeout`) are closed with 1013 (`Pausing`); over the ceiling, outbound queues
-//! are shed by `--slow-client`, then history is trimmed (`Shedding`). Members who behave hold
-//! no partial input and are never paused. Freed memory is given back after large frees.
+//! The memory ceiling (`--max-memory`), enforced once per pass (and, for pausing, before each
+//! read). In order, as use climbs: new upgrades get 503 and `/healthz` says so, and
+//! WebSockets that hold an unfinished message past the stall limit (`--handshake-timeout`)
+//! are closed with 1013 (`Refusing`); the connections holding partial input stop being read,
+//! so TCP pushes back on them (`Pausing`); over the ceiling, outbound queues are shed by
+//! `--slow-client`, then history is trimmed (`Shedding`). Members who behave hold no partial
+//! input and are never paused. Freed memory is given back after large frees.
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,8 @@ pub(crate) struct MemoryState {
     pub pressure: Pressure,
     /// Connections not read for memory, by (key, id).
     paused: Vec<(usize, u64)>,
-    /// The last accounted sum and when it was taken (when the heap is not counted).
+    /// The last sample (the resident set's growth, or without the counting allocator the
+    /// accounted sum, whichever is larger) and when it was taken.
     accounted: (Instant, usize),
     /// Heap in use at the last give-back, and when.
     given_back: (Instant, usize),
@@ -158,7 +160,9 @@ impl Server {
             // Queues first (by --slow-client), then history.
             let queued = self.queued.bytes();
             self.shed_outbound(queued.saturating_sub(excess));
-            let still_over = excess.saturating_sub(queued - self.queued.bytes());
+            // Closing a consumer queues its Close frame: the total may even grow a little.
+            let freed = queued.saturating_sub(self.queued.bytes());
+            let still_over = excess.saturating_sub(freed);
             if still_over > 0 {
                 let freed = self.rooms.trim_history(still_over);
                 if freed > 0 {
