@@ -117,14 +117,42 @@ pub enum FlushOutcome {
 /// (`--max-outbound-total`) is judged on it. Every queue mutation takes it by `&mut` and keeps
 /// it exact, so no call site adjusts it by hand. (A shared `Rc<Cell>` would make the server
 /// `!Send`; an atomic costs a locked add per delivery.)
-#[derive(Debug, Default)]
+///
+/// Beside it, the capacity of the flushed buffers queues keep for reuse (`KEEP_CAPACITY`
+/// each), bounded in sum: 2,000 members that never read once held a 64 KiB spare each, 125 MiB
+/// that no queue counted and no shedding could free (scripts/hostile, attack 5).
+#[derive(Debug)]
 pub struct QueuedTotal {
     bytes: usize,
+    spare: usize,
+    spare_limit: usize,
+}
+
+impl Default for QueuedTotal {
+    /// No limit on spare buffers (tests; the server sets one from its outbound limit).
+    fn default() -> Self {
+        QueuedTotal::with_spare_limit(usize::MAX)
+    }
 }
 
 impl QueuedTotal {
+    /// Queues may keep flushed buffers for reuse while their capacities sum to at most
+    /// `spare_limit` bytes.
+    pub fn with_spare_limit(spare_limit: usize) -> Self {
+        QueuedTotal {
+            bytes: 0,
+            spare: 0,
+            spare_limit,
+        }
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Capacity of the flushed buffers kept for reuse.
+    pub fn spare_bytes(&self) -> usize {
+        self.spare
     }
 }
 
@@ -197,7 +225,7 @@ impl Outbound {
             last.extend_from_slice(bytes);
             return;
         }
-        let mut buffer = std::mem::take(&mut self.spare);
+        let mut buffer = self.take_spare(total);
         buffer.reserve(bytes.len());
         buffer.extend_from_slice(bytes);
         self.segments.push_back(Segment::Copied(buffer));
@@ -422,7 +450,14 @@ impl Outbound {
         self.shrink(total, len);
         self.segments = VecDeque::new();
         self.head = 0;
-        self.spare = Vec::new();
+        self.take_spare(total);
+    }
+
+    /// Takes the kept buffer (empty, maybe without capacity) out of the spare count.
+    fn take_spare(&mut self, total: &mut QueuedTotal) -> Vec<u8> {
+        let spare = std::mem::take(&mut self.spare);
+        total.spare -= spare.capacity();
+        spare
     }
 
     fn consume(&mut self, total: &mut QueuedTotal, mut written: usize) {
@@ -441,16 +476,19 @@ impl Outbound {
             if let Some(Segment::Copied(mut buffer)) = self.segments.pop_front()
                 && buffer.capacity() <= KEEP_CAPACITY
                 && self.spare.capacity() == 0
+                && total.spare + buffer.capacity() <= total.spare_limit
             {
                 buffer.clear();
+                total.spare += buffer.capacity();
                 self.spare = buffer;
             }
         }
     }
 
-    /// Gives back memory an idle connection does not need. Called from the heartbeat timer.
-    pub fn release_memory(&mut self) {
-        self.spare = Vec::new();
+    /// Gives back memory an idle connection does not need. Called from the heartbeat timer,
+    /// and for every connection near the memory ceiling.
+    pub fn release_memory(&mut self, total: &mut QueuedTotal) {
+        self.take_spare(total);
         if self.segments.is_empty() {
             self.segments = VecDeque::new();
         }
@@ -718,5 +756,31 @@ mod tests {
             assert_eq!(queue.offer(&mut total, &frame, 100, policy), Offer::Dropped);
             assert_eq!(total.bytes(), 0);
         }
+    }
+
+    #[test]
+    fn flushed_buffers_are_kept_for_reuse_only_within_the_spare_limit() {
+        let mut total = QueuedTotal::with_spare_limit(3000);
+        let mut queues: Vec<Outbound> = (0..3).map(|_| Outbound::default()).collect();
+        for queue in &mut queues {
+            // One 1,100-byte buffer each (two frames), then flushed.
+            queue.push_copy(&mut total, &[0x82; 600]);
+            queue.push_copy(&mut total, &[0x82; 500]);
+            drain(queue, &mut total);
+        }
+        // Two buffers fit the limit; the third was freed.
+        let kept = total.spare_bytes();
+        assert!(kept > 0 && kept <= 3000, "{kept}");
+        assert_eq!(
+            kept,
+            queues.iter().map(|q| q.spare.capacity()).sum::<usize>()
+        );
+        assert!(queues.iter().any(|q| q.spare.capacity() == 0));
+        // A reused spare leaves the count; clearing and releasing give back the rest.
+        queues[0].push_copy(&mut total, &[0x82; 10]);
+        queues[1].release_memory(&mut total);
+        queues[2].clear(&mut total);
+        assert_eq!(total.spare_bytes(), 0);
+        assert_eq!(total.bytes(), 10);
     }
 }

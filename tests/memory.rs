@@ -129,3 +129,73 @@ fn partial_frames_cannot_push_the_server_past_its_ceiling() {
     }
     assert_eq!(server.get("/healthz").status, 200);
 }
+
+/// One sender's bulk into a room of members that never read: every byte read is copied to
+/// every member, so a read is what turns a sender's burst into memory. Before reads were sized
+/// by the room, one 64 KiB read of 1 KiB messages into a room of 1,000 queued 64 MB in a single
+/// loop pass, before the ceiling could act (scripts/hostile, attack 5).
+#[test]
+fn a_burst_into_a_room_of_non_readers_stays_under_the_ceiling() {
+    let ceiling_mib = 24;
+    let server = daemon(&["--no-systemd", "--max-memory", &format!("{ceiling_mib}M")]);
+    eventually("the ceiling line", || {
+        server.log_text().contains("memory ceiling: ")
+    });
+    let mut alice = server.client("/calm");
+    let mut bob = server.client("/calm");
+    let members = 1000;
+    let mut non_readers = Vec::with_capacity(members);
+    for _ in 0..members {
+        let mut socket = server.raw();
+        shrink_receive_buffer(&socket);
+        socket
+            .write_all(upgrade_request("/busy").as_bytes())
+            .unwrap();
+        let head = read_head(&mut socket);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        non_readers.push(socket);
+    }
+    let mut publisher = server.raw();
+    publisher
+        .write_all(upgrade_request("/busy").as_bytes())
+        .unwrap();
+    assert!(read_head(&mut publisher).starts_with("HTTP/1.1 101"));
+    wait_for_members(&server, members + 3);
+
+    // Bursts of 64 messages of 1 KiB, each written at once (one socket read's worth).
+    let burst: Vec<u8> = (0..64)
+        .flat_map(|_| frame(0x82, &[7u8; 1024], true))
+        .collect();
+    for round in 0..8 {
+        publisher.write_all(&burst).unwrap();
+        alice.send(Message::text(format!("round {round}"))).unwrap();
+        assert_eq!(next_text(&mut bob), format!("round {round}"));
+    }
+    // The pair's messages were relayed after (or between) the bursts' passes.
+    alice.send(Message::text("after")).unwrap();
+    assert_eq!(next_text(&mut bob), "after");
+    let peak_kib = server.status_kib("VmHWM");
+    let fixed_overhead_kib = 16 * 1024;
+    assert!(
+        peak_kib < ceiling_mib * 1024 + fixed_overhead_kib,
+        "peak RSS {peak_kib} KiB against a {ceiling_mib} MiB ceiling"
+    );
+    drop(non_readers);
+}
+
+/// Like a remote client's small buffers: what the server sends waits in its own memory, not in
+/// the test's socket.
+fn shrink_receive_buffer(socket: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4096;
+    // SAFETY: a valid socket descriptor and a c_int option value of the stated size.
+    let _ = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}

@@ -74,11 +74,12 @@ impl ReadScratch {
         self.budget = 0;
     }
 
-    /// Readies the scratch for another connection's event.
-    pub fn begin(&mut self) {
+    /// Readies the scratch for another connection's event, which may read at most `budget`
+    /// bytes from its socket (see `Server::read_budget`).
+    pub fn begin(&mut self, budget: usize) {
         self.start = 0;
         self.end = 0;
-        self.budget = READ_BUDGET_PER_EVENT;
+        self.budget = budget;
         self.budget_exhausted = false;
     }
 

@@ -102,7 +102,7 @@ impl Server {
                             conn.write_blocked = true;
                         }
                         if conn.outbound.is_empty() {
-                            conn.outbound.release_memory();
+                            conn.outbound.release_memory(&mut self.queued);
                         }
                     }
                     mark_dirty(&mut self.dirty, key, conn);

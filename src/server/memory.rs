@@ -114,7 +114,7 @@ impl Server {
     /// most every `ACCOUNT_EVERY` without the counting allocator.
     pub(super) fn accounted(&self) -> Accounted {
         let mut accounted = Accounted {
-            outbound: self.queued.bytes(),
+            outbound: self.queued.bytes() + self.queued.spare_bytes(),
             history: self.rooms.history_bytes(),
             ..Accounted::default()
         };
@@ -151,6 +151,7 @@ impl Server {
                 self.pause_partial_input();
             }
             self.close_stalled();
+            self.release_spare_buffers();
         }
         if pressure < Pressure::Pausing && !self.memory.paused.is_empty() {
             self.resume_paused();
@@ -214,6 +215,17 @@ impl Server {
                 );
             }
             self.close_websocket(key, CloseReason::MemoryPressure);
+        }
+    }
+
+    /// Gives back the flushed buffers queues keep for reuse: near the ceiling, memory goes to
+    /// what clients are owed, not to saving allocations.
+    fn release_spare_buffers(&mut self) {
+        if self.queued.spare_bytes() == 0 {
+            return;
+        }
+        for (_, conn) in self.connections.iter_mut() {
+            conn.outbound.release_memory(&mut self.queued);
         }
     }
 

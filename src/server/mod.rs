@@ -57,6 +57,7 @@ mod write;
 
 use read_schedule::ReadSchedule;
 use timers::{ConnectionTimers, LoopDeadlines};
+use write::{SPARE_SHARE, outbound_limit};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The second listener of `--tls-port`.
@@ -339,7 +340,9 @@ impl Server {
             doomed: Vec::new(),
             next_id: 1,
             max_connections,
-            queued: QueuedTotal::default(),
+            queued: QueuedTotal::with_spare_limit(
+                outbound_limit(config.max_outbound_total, ceiling) / SPARE_SHARE,
+            ),
             stop: Arc::new(AtomicBool::new(false)),
             waker,
             signals: None,

@@ -11,7 +11,7 @@ use log::{debug, info};
 use super::relay::encode_frame;
 use super::{Server, mark_dirty};
 use crate::config::OriginPolicy;
-use crate::connection::{CloseReason, Phase, Transport, WsRead};
+use crate::connection::{CloseReason, Connection, Phase, READ_BUDGET_PER_EVENT, Transport, WsRead};
 use crate::deflate::{self, Negotiation};
 use crate::http::{self, Method, Request, Response, Status};
 use crate::memory::Pressure;
@@ -19,6 +19,13 @@ use crate::message::MessageKind;
 use crate::protocol_v1::{self, Delivery, Params, V1Error};
 use crate::room::{NamedMember, RoomKey};
 use crate::stats::Refusal;
+
+/// A peer that does not read what it is sent reads at most this much per event.
+const NON_READER_READ_BUDGET: usize = 4 * 1024;
+/// However large its room, a member reads at least this much per event.
+const MIN_READ_BUDGET: usize = 2 * 1024;
+/// One event's read may fan out to at most this fraction of the outbound limit.
+const FANOUT_SHARE: usize = 8;
 
 /// How long a client refused at the connection cap is told to wait.
 const RETRY_AFTER_SECONDS: &str = "5";
@@ -51,7 +58,11 @@ impl Server {
     /// Reads what a connection has for us, according to its phase, until `WouldBlock` or the
     /// read budget (once per pass). Called on readable events and for owed reads.
     fn read_connection(&mut self, key: usize) {
-        self.scratch.begin();
+        let Some(conn) = self.connections.get(key) else {
+            return;
+        };
+        let budget = self.read_budget(conn);
+        self.scratch.begin(budget);
         let pass = self.stats.loop_iterations;
         let Some(conn) = self.connections.get_mut(key) else {
             return;
@@ -74,6 +85,34 @@ impl Server {
         self.owe_read(key);
         if let Some(conn) = self.connections.get_mut(key) {
             mark_dirty(&mut self.dirty, key, conn);
+        }
+    }
+
+    /// The bytes a connection may read from its socket in one event. Reading is where work
+    /// enters the loop, and the cost of a byte read depends on who reads it:
+    /// - a peer whose socket refuses what it is sent (it does not read: a ping flooder, a
+    ///   member that stopped reading) gets a small share: its pongs and echoes would only
+    ///   queue behind the rest;
+    /// - in a large room each byte read is copied to every other member, so a member reads at
+    ///   most what fans out to a share of the outbound limit. Without this, one 64 KiB read of
+    ///   1 KiB messages into a room of 2,000 queued 128 MiB in one pass (scripts/hostile,
+    ///   attack 5, with a 64 MiB ceiling) and held the loop for hundreds of milliseconds.
+    ///
+    /// The rest of what the socket holds is read in the next passes (the read is owed).
+    fn read_budget(&self, conn: &Connection) -> usize {
+        if conn.write_blocked && !conn.outbound.is_empty() {
+            return NON_READER_READ_BUDGET;
+        }
+        let Phase::WebSocket(ws) = &conn.phase else {
+            return READ_BUDGET_PER_EVENT;
+        };
+        let others = self
+            .rooms
+            .get(ws.room)
+            .map_or(0, |room| room.members().len().saturating_sub(1));
+        match (self.outbound_limit() / FANOUT_SHARE).checked_div(others) {
+            Some(share) => share.clamp(MIN_READ_BUDGET, READ_BUDGET_PER_EVENT),
+            None => READ_BUDGET_PER_EVENT,
         }
     }
 

@@ -9,6 +9,16 @@ use crate::connection::{CloseReason, Phase};
 use crate::outbound::FlushOutcome;
 use crate::stats::DropReason;
 
+/// Flushed buffers kept for reuse may hold at most this fraction of the outbound limit
+/// together: enough for every member of a busy room to reuse a pass's buffer, and bounded
+/// however many members stop reading.
+pub(super) const SPARE_SHARE: usize = 8;
+
+/// See `Server::outbound_limit`.
+pub(super) fn outbound_limit(max_outbound_total: usize, ceiling: usize) -> usize {
+    max_outbound_total.min(ceiling / 4)
+}
+
 impl Server {
     /// The process-wide budget: when all queues together exceed `--max-outbound-total`, the
     /// largest queues are shed first by the slow-client policy. Called once per pass, before
@@ -22,7 +32,7 @@ impl Server {
     /// bytes (they grow by doubling), and queues alone must never crowd out request heads and
     /// partial messages.
     pub(super) fn outbound_limit(&self) -> usize {
-        self.config.max_outbound_total.min(self.memory.ceiling / 4)
+        outbound_limit(self.config.max_outbound_total, self.memory.ceiling)
     }
 
     /// Sheds the largest queues by the slow-client policy until all of them together hold at
