@@ -175,6 +175,9 @@ pub struct Server {
     redis_incoming: Vec<Incoming>,
     /// Over `--max-outbound-total` since the last pass (the warning is logged once).
     over_total_budget: bool,
+    /// Connections that may read in this pass (readable events and owed reads): they share
+    /// the pass's read budget (see `read_budget`).
+    readers_this_pass: usize,
     /// The last /proc reading and when it was taken.
     process_info: Option<(Instant, ProcessInfo)>,
     /// The memory ceiling and how close the process is to it.
@@ -352,6 +355,7 @@ impl Server {
             redis,
             redis_incoming: Vec::new(),
             over_total_budget: false,
+            readers_this_pass: 0,
             process_info: None,
             memory: memory::MemoryState::new(ceiling, now),
             ceiling_source,
@@ -427,6 +431,11 @@ impl Server {
             self.now = pass_started;
             // Reads owed from earlier passes; reads owed during this one wait for the next.
             let owed = self.reads.take(&mut self.connections);
+            self.readers_this_pass = owed.len()
+                + events
+                    .iter()
+                    .filter(|e| e.is_readable() || e.is_read_closed())
+                    .count();
             for event in events.iter() {
                 match event.token() {
                     LISTENER | TLS_LISTENER => self.accept_all(),

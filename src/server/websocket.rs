@@ -22,8 +22,10 @@ use crate::stats::Refusal;
 
 /// A peer that does not read what it is sent reads at most this much per event.
 const NON_READER_READ_BUDGET: usize = 4 * 1024;
-/// However large its room, a member reads at least this much per event.
+/// However large its room and busy the pass, a connection reads at least this much per event.
 const MIN_READ_BUDGET: usize = 2 * 1024;
+/// The bytes all connections together read in one pass, before the minimum above.
+const READ_BUDGET_PER_PASS: usize = 4 * 1024 * 1024;
 /// One event's read may fan out to at most this fraction of the outbound limit.
 const FANOUT_SHARE: usize = 8;
 
@@ -89,7 +91,9 @@ impl Server {
     }
 
     /// The bytes a connection may read from its socket in one event. Reading is where work
-    /// enters the loop, and the cost of a byte read depends on who reads it:
+    /// enters the loop, so the connections that read in a pass share a budget for it (500
+    /// ping flooders reading 64 KiB each made passes of 100-300 ms before they were
+    /// throttled below), and the cost of a byte read depends on who reads it:
     /// - a peer whose socket refuses what it is sent (it does not read: a ping flooder, a
     ///   member that stopped reading) gets a small share: its pongs and echoes would only
     ///   queue behind the rest;
@@ -103,17 +107,22 @@ impl Server {
         if conn.write_blocked && !conn.outbound.is_empty() {
             return NON_READER_READ_BUDGET;
         }
+        let share_of = |budget: usize, sharers: usize| {
+            budget
+                .checked_div(sharers)
+                .map_or(READ_BUDGET_PER_EVENT, |share| {
+                    share.clamp(MIN_READ_BUDGET, READ_BUDGET_PER_EVENT)
+                })
+        };
+        let pass_share = share_of(READ_BUDGET_PER_PASS, self.readers_this_pass);
         let Phase::WebSocket(ws) = &conn.phase else {
-            return READ_BUDGET_PER_EVENT;
+            return pass_share;
         };
         let others = self
             .rooms
             .get(ws.room)
             .map_or(0, |room| room.members().len().saturating_sub(1));
-        match (self.outbound_limit() / FANOUT_SHARE).checked_div(others) {
-            Some(share) => share.clamp(MIN_READ_BUDGET, READ_BUDGET_PER_EVENT),
-            None => READ_BUDGET_PER_EVENT,
-        }
+        pass_share.min(share_of(self.outbound_limit() / FANOUT_SHARE, others))
     }
 
     /// Puts a connection that owes a read on the list for the next pass, unless its own queue
