@@ -268,22 +268,44 @@ pub struct Delivery<'a> {
     pub payload: &'a [u8],
 }
 
+/// First byte of a text message frame: never `{`, which starts the JSON frames.
+pub const TEXT_MESSAGE: char = 'm';
+/// In a text message frame, `from` starts with this for a member's name...
+pub const FROM_NAME: char = '@';
+/// ...and with this for a member that does not speak `wschat.v1`, followed by the connection
+/// id that its generated name (`guest-<id>`) ends with.
+pub const FROM_GUEST: char = '#';
+
 /// Encodes one message for every `wschat.v1` member: the frame's opcode and payload. Text
-/// becomes a JSON text frame; binary keeps its bytes behind a small binary header.
+/// becomes a text frame of one header line and the text unchanged,
+/// `m<seq> <ts> <from>\n<text>` (docs/protocol.md): it goes to every such member of the
+/// room, so it is as short as it can stay readable, and the text needs no escaping. Binary
+/// keeps its bytes behind a small binary header.
 pub fn encode_message(d: &Delivery<'_>) -> (MessageKind, Vec<u8>) {
     match d.kind {
         MessageKind::Text => {
-            let mut out = String::with_capacity(d.payload.len() + 64);
-            let _ = write!(
-                out,
-                "{{\"t\":\"msg\",\"seq\":{},\"ts\":{},\"from\":",
-                d.seq, d.ts_ms
-            );
-            push_from(&mut out, d.from);
-            out.push_str(",\"text\":");
-            // Text messages were validated as UTF-8 on arrival (and by the sending node).
-            push_json_string(&mut out, &String::from_utf8_lossy(d.payload));
-            out.push('}');
+            // Text messages were validated as UTF-8 on arrival (and by the sending node); a
+            // browser closes the connection on a text frame that is not.
+            let text = String::from_utf8_lossy(d.payload);
+            let mut out = String::with_capacity(text.len() + 48);
+            let _ = write!(out, "{TEXT_MESSAGE}{} {} ", d.seq, d.ts_ms);
+            match d.from {
+                From::Named(name) => {
+                    out.push(FROM_NAME);
+                    // Names have no control characters (validate_name): the line cannot end
+                    // early. Kept true here whatever a caller passes.
+                    out.extend(
+                        name.chars()
+                            .map(|c| if c.is_control() { '\u{fffd}' } else { c }),
+                    );
+                }
+                From::Guest(id) => {
+                    let _ = write!(out, "{FROM_GUEST}{id}");
+                }
+                From::Remote => {}
+            }
+            out.push('\n');
+            out.push_str(&text);
             (MessageKind::Text, out.into_bytes())
         }
         MessageKind::Binary => {
@@ -303,16 +325,6 @@ pub fn encode_message(d: &Delivery<'_>) -> (MessageKind, Vec<u8>) {
             out.extend_from_slice(d.payload);
             (MessageKind::Binary, out)
         }
-    }
-}
-
-fn push_from(out: &mut String, from: From<'_>) {
-    match from {
-        From::Named(name) => push_json_string(out, name),
-        From::Guest(id) => {
-            let _ = write!(out, "\"{GENERATED_PREFIX}{id}\"");
-        }
-        From::Remote => out.push_str("null"),
     }
 }
 
@@ -466,11 +478,11 @@ mod tests {
     }
 
     #[test]
-    fn text_messages_are_json_with_seq_time_and_sender() {
+    fn text_messages_are_a_header_line_and_the_text_unchanged() {
         let d = Delivery {
             seq: 7,
             ts_ms: 1_700_000_000_123,
-            from: From::Named("a\"b"),
+            from: From::Named("Ana María"),
             kind: MessageKind::Text,
             payload: "hi \"you\"\n\u{1}".as_bytes(),
         };
@@ -478,25 +490,29 @@ mod tests {
         assert_eq!(kind, MessageKind::Text);
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
-            r#"{"t":"msg","seq":7,"ts":1700000000123,"from":"a\"b","text":"hi \"you\"\n\u0001"}"#
+            "m7 1700000000123 @Ana María\nhi \"you\"\n\u{1}"
         );
         let guest = Delivery {
             from: From::Guest(12),
+            payload: b"x",
             ..d
         };
-        assert!(
-            String::from_utf8(encode_message(&guest).1)
-                .unwrap()
-                .contains("\"from\":\"guest-12\"")
-        );
+        assert_eq!(encode_message(&guest).1, b"m7 1700000000123 #12\nx");
         let remote = Delivery {
             from: From::Remote,
+            payload: b"",
             ..d
         };
-        assert!(
-            String::from_utf8(encode_message(&remote).1)
-                .unwrap()
-                .contains("\"from\":null")
+        assert_eq!(encode_message(&remote).1, b"m7 1700000000123 \n");
+        let odd = Delivery {
+            from: From::Named("a\nb"),
+            payload: b"x",
+            ..d
+        };
+        assert_eq!(
+            String::from_utf8(encode_message(&odd).1).unwrap(),
+            "m7 1700000000123 @a\u{fffd}b\nx",
+            "a name never ends the header line"
         );
     }
 

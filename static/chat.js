@@ -284,12 +284,20 @@
       }
       return add('[binary message, ' + data.byteLength + ' bytes]', 'other bin');
     }
+    // A room message: 'm' SEQ ' ' TS ' ' FROM '\n' TEXT. FROM is '@' and a name, '#' and the
+    // id of a member without one (shown as guest-ID), or empty (another server).
+    if (data.charAt(0) === 'm') {
+      var nl = data.indexOf('\n'), s1 = data.indexOf(' '), s2 = data.indexOf(' ', s1 + 1);
+      if (nl < 0 || s1 < 0 || s2 < 0 || s2 > nl) return add(data, 'other');
+      var f = data.slice(s2 + 1, nl);
+      var who = f.charAt(0) === '@' ? f.slice(1) : f.charAt(0) === '#' ? 'guest-' + f.slice(1) : null;
+      return onMsg(Number(data.slice(1, s1)), Number(data.slice(s1 + 1, s2)), who, data.slice(nl + 1), false);
+    }
     var m;
     try { m = JSON.parse(data); } catch (e) { m = null; }
     if (!m || typeof m !== 'object') return add(data, 'other');
     switch (m.t) {
       case 'hello': return onHello(m);
-      case 'msg': return onMsg(m.seq, m.ts, typeof m.from === 'string' ? m.from : null, String(m.text), false);
       case 'ack':
         if (!advance(m.seq)) return;
         var p = pending.filter(function (q) { return q.sock === ws; })[0];

@@ -56,10 +56,51 @@ fn num(json: &str, name: &str) -> u64 {
     field(json, name).parse().unwrap()
 }
 
+/// A text message frame, `m<seq> <ts> <from>\n<text>` (docs/protocol.md), parsed strictly
+/// and shown as the JSON object `field` reads (`from` as a name, `guest-<id>` or null); the
+/// JSON frames are returned as they are.
+fn view(frame: String) -> String {
+    let Some(line) = frame.strip_prefix('m') else {
+        assert!(
+            frame.starts_with('{'),
+            "neither a message nor JSON: {frame:?}"
+        );
+        return frame;
+    };
+    let (head, text) = line
+        .split_once('\n')
+        .unwrap_or_else(|| panic!("no header line in {frame:?}"));
+    let mut parts = head.splitn(3, ' ');
+    let mut number = |what: &str| -> u64 {
+        let n = parts
+            .next()
+            .unwrap_or_else(|| panic!("no {what} in {frame:?}"));
+        assert!(n.bytes().all(|b| b.is_ascii_digit()), "{what} in {frame:?}");
+        n.parse().unwrap_or_else(|_| panic!("{what} in {frame:?}"))
+    };
+    let (seq, ts) = (number("seq"), number("ts"));
+    let from = match parts.next() {
+        Some("") => "null".to_string(),
+        Some(guest) if guest.starts_with('#') => {
+            let id = &guest[1..];
+            assert!(
+                !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()),
+                "{frame:?}"
+            );
+            format!("\"guest-{id}\"")
+        }
+        Some(named) if named.starts_with('@') => format!("\"{}\"", &named[1..]),
+        other => panic!("bad from {other:?} in {frame:?}"),
+    };
+    // The texts of these tests need no JSON escapes.
+    assert!(!text.contains(['"', '\\']), "{frame:?}");
+    format!(r#"{{"t":"msg","seq":{seq},"ts":{ts},"from":{from},"text":"{text}"}}"#)
+}
+
 /// The next frame of type `t`, skipping presence frames (they come when the timer fires).
 fn next_of(client: &mut Client, t: &str) -> String {
     loop {
-        let frame = next_text(client);
+        let frame = view(next_text(client));
         if field(&frame, "t") == format!("\"{t}\"") {
             return frame;
         }
@@ -79,7 +120,7 @@ fn drain(client: &mut Client, wait: Duration) -> Vec<String> {
         if let Message::Text(text) = message
             && !text.contains("\"t\":\"presence\"")
         {
-            frames.push(text.to_string());
+            frames.push(view(text.to_string()));
         }
     }
     frames
@@ -125,7 +166,18 @@ fn raw_clients_get_the_same_bytes_beside_v1_members() {
     // Byte-exact: the same two frames the relay always sent.
     assert_eq!(read_frame(&mut raw_b), (0x81, b"hi there".to_vec()));
     assert_eq!(read_frame(&mut raw_b), (0x82, vec![0, 1, 2]));
-    let msg = next_of(&mut named, "msg");
+    // The wire form of a message from a raw member: its connection id behind `#`.
+    let line = loop {
+        let frame = next_text(&mut named);
+        if !frame.starts_with(r#"{"t":"presence""#) {
+            break frame;
+        }
+    };
+    assert!(
+        line.starts_with("m1 ") && line.contains(" #") && line.ends_with("\nhi there"),
+        "{line:?}"
+    );
+    let msg = view(line);
     assert_eq!(num(&msg, "seq"), 1);
     assert!(field(&msg, "from").starts_with("\"guest-"), "{msg}");
     assert_eq!(field(&msg, "text"), "\"hi there\"");

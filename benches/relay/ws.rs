@@ -81,7 +81,7 @@ pub struct Conn {
     dirty: bool,
     /// The 101 accepted permessage-deflate: this connection's inflate stream.
     inflate: Option<Box<InflateState>>,
-    /// Asked for `wschat.v1` (the 101 must accept it): text deliveries are JSON frames.
+    /// Asked for `wschat.v1` (the 101 must accept it): text deliveries are message lines.
     v1: bool,
 }
 
@@ -738,7 +738,7 @@ impl Conn {
                     }
                 }
                 1 if *speaks_v1 => {
-                    // Servers send a JSON frame whole; a fragment would be a surprise.
+                    // Servers send a v1 frame whole; a fragment would be a surprise.
                     match v1::unwrap(payload) {
                         _ if !fin => c.bad += 1,
                         v1::Frame::Msg(h) => {

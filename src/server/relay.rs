@@ -26,6 +26,16 @@ struct Variant<'a> {
     payload: &'a [u8],
 }
 
+impl<'a> Variant<'a> {
+    /// The frame's bytes when it is small (copied into each recipient's queue).
+    fn small(&self) -> Option<&'a [u8]> {
+        match self.frame {
+            EncodedFrame::Small(bytes) => Some(bytes),
+            EncodedFrame::Large(_) => None,
+        }
+    }
+}
+
 /// Joins and leaves are told to a room's `wschat.v1` members at most this often: a storm of
 /// arrivals costs each member a few frames per second, not one per arrival.
 pub(super) const PRESENCE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
@@ -221,18 +231,17 @@ impl Server {
         // Counted once after the loop: a store through `stats` per recipient costs more than
         // the copy of a chat line.
         let mut fast_deliveries = 0u64;
-        // A raw-only room without deflate members (the common case, and the benchmarks'): one
-        // small frame for everyone, so the loop below starts with the fast path for it and
-        // never looks at a member's protocol or extensions.
-        let raw_only_small = match (&raw, &v1, try_deflate) {
-            (
-                Some(Variant {
-                    frame: EncodedFrame::Small(bytes),
-                    ..
-                }),
-                None,
-                false,
-            ) => Some(&bytes[..]),
+        // Rooms without deflate members (the common case, and the benchmarks'): one small
+        // frame per audience, so the loop below starts with a fast path that picks the
+        // member's frame by its protocol flag (the same frame twice in a raw-only room) and
+        // never looks at its extensions. Measured: the general path below cost a `wschat.v1`
+        // room about 5 ns more per delivery than this one.
+        let raw_small = raw.as_ref().and_then(Variant::small);
+        let v1_small = v1.as_ref().and_then(Variant::small);
+        let fast_frames = match (raw_small, &v1, v1_small) {
+            _ if try_deflate => None,
+            (Some(raw_bytes), None, _) => Some((raw_bytes, raw_bytes)),
+            (Some(raw_bytes), Some(_), Some(v1_bytes)) => Some((raw_bytes, v1_bytes)),
             _ => None,
         };
         for &member in room_entry.members() {
@@ -248,13 +257,14 @@ impl Server {
             if recipient.close_reason.is_some() {
                 continue;
             }
-            if let Some(bytes) = raw_only_small
-                && recipient.outbound.len() + bytes.len() <= budget
-            {
-                recipient.outbound.push_copy(queued, bytes);
-                fast_deliveries += 1;
-                mark_dirty(dirty, member, recipient);
-                continue;
+            if let Some((raw_bytes, v1_bytes)) = fast_frames {
+                let bytes = if recipient.v1 { v1_bytes } else { raw_bytes };
+                if recipient.outbound.len() + bytes.len() <= budget {
+                    recipient.outbound.push_copy(queued, bytes);
+                    fast_deliveries += 1;
+                    mark_dirty(dirty, member, recipient);
+                    continue;
+                }
             }
             let (variant, slot) = match (&v1, recipient.v1) {
                 (Some(v1), true) => (v1, 1),

@@ -312,6 +312,15 @@ try {
   if (bin === 0) console.log('skip binary placeholder: server did not relay the binary message');
   else check(bin === 1, 'binary message shown as placeholder');
 
+  // Text from a raw socket (no subprotocol): shown once, under the guest name its `#id` stands for.
+  const rawText = 'from a raw client ' + Date.now();
+  await b.evaluate(({ u, t }) => new Promise((res, rej) => {
+    const s = new WebSocket(u); s.onopen = () => { s.send(t); setTimeout(() => { s.close(); res(); }, 300); }; s.onerror = rej;
+  }), { u: roomUrl.replace(/^http/, 'ws'), t: rawText });
+  await waitCount(a, 'other', rawText, 1);
+  const rawWho = await a.locator('#log li.m.other', { hasText: rawText }).locator('.who').textContent().catch(() => '');
+  check(await count(a, 'other', rawText) === 1 && /^guest-\d+ · /.test(rawWho), 'raw client shown once as a guest: ' + rawWho);
+
   // Log stays bounded and follows the newest message; no forced scroll when the user scrolled up.
   await b.evaluate(u => new Promise((res, rej) => {
     const s = new WebSocket(u);
