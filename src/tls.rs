@@ -8,6 +8,8 @@
 //! rustls's buffered `ServerConnection` holds about 8.5 KB per idle session (a 4 KiB read
 //! buffer it never gives back among it), the unbuffered one about 4.5 KB.
 
+mod record_keys;
+
 use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
@@ -107,14 +109,15 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     #[allow(deprecated)]
     let base = rustls::crypto::ring::default_provider();
     Arc::new(rustls::crypto::CryptoProvider {
-        cipher_suites: vec![
+        // The same suites with record keys kept as bytes (see `record_keys`).
+        cipher_suites: record_keys::compact(&[
             cipher_suite::TLS13_AES_128_GCM_SHA256,
             cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
             cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
             cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
             cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
             cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-        ],
+        ]),
         kx_groups: vec![kx_group::X25519, kx_group::SECP256R1],
         ..base
     })

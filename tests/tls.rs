@@ -95,6 +95,75 @@ fn every_key_kind_serves_wss_and_presents_its_certificate() {
     }
 }
 
+/// The server keeps record keys as bytes and expands them per record (src/tls/record_keys.rs):
+/// every suite it offers, each negotiated alone by rustls's stock ring client, carries a full
+/// record and small ones both ways, under both key kinds its TLS 1.2 suites are signed with.
+#[test]
+fn every_offered_cipher_suite_relays_records_both_ways() {
+    use rustls::crypto::ring::cipher_suite as ring;
+    let pki = TestPki::new();
+    let tls13 = &[&rustls::version::TLS13][..];
+    let tls12 = &[&rustls::version::TLS12][..];
+    for (kind, versions, suite) in [
+        (KeyKind::EcdsaP256, tls13, ring::TLS13_AES_128_GCM_SHA256),
+        (
+            KeyKind::EcdsaP256,
+            tls13,
+            ring::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            KeyKind::EcdsaP256,
+            tls12,
+            ring::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            KeyKind::EcdsaP256,
+            tls12,
+            ring::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            KeyKind::Rsa,
+            tls12,
+            ring::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            KeyKind::Rsa,
+            tls12,
+            ring::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ] {
+        let name = suite.suite();
+        let pair = pki.issue(&format!("{name:?}").to_lowercase(), kind);
+        let (_server, target) = start_tls(
+            &pki,
+            Config {
+                max_message_size: 128 * 1024,
+                ..tls_config(&pair)
+            },
+        );
+        let target = TlsTarget {
+            config: pki.client_config_with(versions, vec![suite]),
+            ..target
+        };
+        let stream = target.connect();
+        assert_eq!(
+            stream.conn.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(name)
+        );
+        drop(stream);
+        let mut a = target.client("/suites");
+        let mut b = target.client("/suites");
+        wait_members(&target, 2);
+        let big = pattern(40 * 1024, u32::from(u16::from(name)));
+        a.send(Message::binary(big.clone())).unwrap();
+        assert_eq!(binary_payload(next_message(&mut b)), big, "{name:?}");
+        for i in 0..50 {
+            b.send(Message::text(format!("{name:?} {i}"))).unwrap();
+            assert_eq!(next_text(&mut a), format!("{name:?} {i}"));
+        }
+    }
+}
+
 #[test]
 fn wss_relays_text_and_binary_of_64_kib_and_bursts() {
     let pki = TestPki::new();
