@@ -1,7 +1,8 @@
 //! TLS termination (feature `tls`): `wss://` relays between real TLS clients (rustls under
 //! tungstenite's client), the page, `/healthz` and `/metrics` over https, `--tls-port` beside
 //! the plain port, certificate reload on SIGHUP, start errors, bad input on the TLS port
-//! (plain HTTP, garbage, an unfinished handshake) and the slow-client policy over TLS.
+//! (plain HTTP, garbage, an unfinished handshake), renegotiation and oversized records (driven by
+//! hand with the keys of a real handshake), and the slow-client policy over TLS.
 //! Certificates are made at test time with the `openssl` command (see `common::tls`).
 #![cfg(feature = "tls")]
 
@@ -92,6 +93,75 @@ fn every_key_kind_serves_wss_and_presents_its_certificate() {
         b.send(Message::text(format!("TLS 1.2 with {name}")))
             .unwrap();
         assert_eq!(next_text(&mut a), format!("TLS 1.2 with {name}"));
+    }
+}
+
+/// The server keeps record keys as bytes and expands them per record (src/tls/record_keys.rs):
+/// every suite it offers, each negotiated alone by rustls's stock ring client, carries a full
+/// record and small ones both ways, under both key kinds its TLS 1.2 suites are signed with.
+#[test]
+fn every_offered_cipher_suite_relays_records_both_ways() {
+    use rustls::crypto::ring::cipher_suite as ring;
+    let pki = TestPki::new();
+    let tls13 = &[&rustls::version::TLS13][..];
+    let tls12 = &[&rustls::version::TLS12][..];
+    for (kind, versions, suite) in [
+        (KeyKind::EcdsaP256, tls13, ring::TLS13_AES_128_GCM_SHA256),
+        (
+            KeyKind::EcdsaP256,
+            tls13,
+            ring::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            KeyKind::EcdsaP256,
+            tls12,
+            ring::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            KeyKind::EcdsaP256,
+            tls12,
+            ring::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            KeyKind::Rsa,
+            tls12,
+            ring::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            KeyKind::Rsa,
+            tls12,
+            ring::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ] {
+        let name = suite.suite();
+        let pair = pki.issue(&format!("{name:?}").to_lowercase(), kind);
+        let (_server, target) = start_tls(
+            &pki,
+            Config {
+                max_message_size: 128 * 1024,
+                ..tls_config(&pair)
+            },
+        );
+        let target = TlsTarget {
+            config: pki.client_config_with(versions, vec![suite]),
+            ..target
+        };
+        let stream = target.connect();
+        assert_eq!(
+            stream.conn.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(name)
+        );
+        drop(stream);
+        let mut a = target.client("/suites");
+        let mut b = target.client("/suites");
+        wait_members(&target, 2);
+        let big = pattern(40 * 1024, u32::from(u16::from(name)));
+        a.send(Message::binary(big.clone())).unwrap();
+        assert_eq!(binary_payload(next_message(&mut b)), big, "{name:?}");
+        for i in 0..50 {
+            b.send(Message::text(format!("{name:?} {i}"))).unwrap();
+            assert_eq!(next_text(&mut a), format!("{name:?} {i}"));
+        }
     }
 }
 
@@ -904,4 +974,298 @@ fn a_slow_tls_reader_is_closed_1008_and_others_keep_receiving() {
     eventually("the slow consumer counted", || {
         target.metric("wschat_connections_closed_total{reason=\"slow_consumer\"}") == 1.0
     });
+}
+
+/// A TLS session driven by hand after a real handshake: rustls's client does the handshake,
+/// then gives up its traffic keys (`dangerous_extract_secrets`), and the test seals and opens
+/// records itself with rustls's stock ring AEADs. That is how a test can send what no honest
+/// rustls client sends (a renegotiating ClientHello, a record with too much plaintext), and
+/// read the server's encrypted answer: alerts after the handshake are encrypted too.
+struct RawSession {
+    socket: std::net::TcpStream,
+    sealer: Box<dyn rustls::crypto::cipher::MessageEncrypter>,
+    send_seq: u64,
+    opener: Box<dyn rustls::crypto::cipher::MessageDecrypter>,
+    receive_seq: u64,
+}
+
+impl RawSession {
+    /// A handshake with AES-128-GCM (ECDSA for TLS 1.2) at `version`, then the keys taken over.
+    fn new(pki: &TestPki, target: &TlsTarget, version: rustls::ProtocolVersion) -> RawSession {
+        use rustls::ConnectionTrafficSecrets;
+        use rustls::crypto::ring::cipher_suite as ring;
+        let (versions, suite) = if version == rustls::ProtocolVersion::TLSv1_3 {
+            (&rustls::version::TLS13, ring::TLS13_AES_128_GCM_SHA256)
+        } else {
+            (
+                &rustls::version::TLS12,
+                ring::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            )
+        };
+        let mut config = (*pki.client_config_with(&[versions], vec![suite])).clone();
+        config.enable_secret_extraction = true;
+        let target = TlsTarget {
+            config: std::sync::Arc::new(config),
+            ..target.clone()
+        };
+        let mut stream = target.handshake_on(target.tcp()).expect("TLS handshake");
+        while stream.conn.wants_write() {
+            stream.conn.complete_io(&mut stream.sock).unwrap();
+        }
+        assert_eq!(stream.conn.protocol_version(), Some(version));
+        let rustls::StreamOwned { conn, sock } = stream;
+        let secrets = conn.dangerous_extract_secrets().expect("secrets");
+        let keys = |secrets: ConnectionTrafficSecrets| match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (key, iv),
+            _ => panic!("not AES-128-GCM"),
+        };
+        let (tx_key, tx_iv) = keys(secrets.tx.1);
+        let (rx_key, rx_iv) = keys(secrets.rx.1);
+        let (sealer, opener) = match suite {
+            rustls::SupportedCipherSuite::Tls13(s) => (
+                s.aead_alg.encrypter(tx_key, tx_iv),
+                s.aead_alg.decrypter(rx_key, rx_iv),
+            ),
+            rustls::SupportedCipherSuite::Tls12(s) => {
+                // The 12-byte IV is the 4-byte salt and the first explicit nonce.
+                let (tx_iv, rx_iv) = (tx_iv.as_ref().to_vec(), rx_iv.as_ref().to_vec());
+                (
+                    s.aead_alg.encrypter(tx_key, &tx_iv[..4], &tx_iv[4..]),
+                    s.aead_alg.decrypter(rx_key, &rx_iv[..4]),
+                )
+            }
+        };
+        RawSession {
+            socket: sock,
+            sealer,
+            send_seq: secrets.tx.0,
+            opener,
+            receive_seq: secrets.rx.0,
+        }
+    }
+
+    /// Seals one record of `typ` (any plaintext length, even one TLS forbids) and sends it.
+    fn send(&mut self, typ: rustls::ContentType, payload: &[u8]) {
+        use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+        let message = OutboundPlainMessage {
+            typ,
+            version: rustls::ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::Single(payload),
+        };
+        let record = self
+            .sealer
+            .encrypt(message, self.send_seq)
+            .unwrap()
+            .encode();
+        self.send_seq += 1;
+        self.socket.write_all(&record).unwrap();
+    }
+
+    /// The next record from the server, opened: its content type and plaintext; None at the
+    /// end of the stream.
+    fn receive(&mut self) -> Option<(rustls::ContentType, Vec<u8>)> {
+        let mut header = [0u8; 5];
+        if self.socket.read_exact(&mut header).is_err() {
+            return None;
+        }
+        let len = u16::from_be_bytes([header[3], header[4]]) as usize;
+        let mut body = vec![0u8; len];
+        self.socket.read_exact(&mut body).expect("a whole record");
+        let message = rustls::crypto::cipher::InboundOpaqueMessage::new(
+            rustls::ContentType::from(header[0]),
+            rustls::ProtocolVersion::from(u16::from_be_bytes([header[1], header[2]])),
+            &mut body,
+        );
+        let opened = self
+            .opener
+            .decrypt(message, self.receive_seq)
+            .expect("the server's record opens");
+        self.receive_seq += 1;
+        // (TLS 1.3's inner content type is taken off by the decrypter.)
+        let (typ, payload) = (opened.typ, opened.payload.to_vec());
+        Some((typ, payload))
+    }
+
+    /// Asserts that the server's next record is the alert `[level, description]`.
+    fn expect_alert(&mut self, level: u8, descriptions: &[u8], what: &str) {
+        match self.receive() {
+            Some((rustls::ContentType::Alert, alert)) => assert!(
+                alert.len() == 2 && alert[0] == level && descriptions.contains(&alert[1]),
+                "{what}: alert {alert:?}, expected level {level} and one of {descriptions:?}"
+            ),
+            other => panic!("{what}: expected an alert, got {other:?}"),
+        }
+    }
+
+    /// Asserts that the server ends the connection (after what it still sends) within the
+    /// socket's read timeout.
+    fn expect_end(&mut self, what: &str) {
+        let sent = Instant::now();
+        let mut rest = Vec::new();
+        match self.socket.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{what}: the server kept the connection open ({e})"),
+        }
+        assert!(
+            sent.elapsed() < scaled(Duration::from_secs(1)),
+            "{what}: took {:?} to end",
+            sent.elapsed()
+        );
+    }
+
+    /// Plaintext from the server up to the end of an HTTP head and `Content-Length` bytes of
+    /// body after it.
+    fn receive_response(&mut self) -> String {
+        let mut response = Vec::new();
+        loop {
+            if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+                let body: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if response.len() >= end + 4 + body {
+                    return String::from_utf8_lossy(&response).into_owned();
+                }
+            }
+            match self.receive() {
+                Some((rustls::ContentType::ApplicationData, data)) => {
+                    response.extend_from_slice(&data)
+                }
+                other => panic!("expected a response, got {other:?}"),
+            }
+        }
+    }
+
+    /// One HTTP request over the session; the response's first line.
+    fn http_status_line(&mut self, path: &str) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        self.send(rustls::ContentType::ApplicationData, request.as_bytes());
+        let response = self.receive_response();
+        response.lines().next().unwrap_or_default().to_string()
+    }
+}
+
+/// TLS alert levels and descriptions (RFC 8446 6, RFC 5746 for no_renegotiation).
+const WARNING: u8 = 1;
+const FATAL: u8 = 2;
+const UNEXPECTED_MESSAGE: u8 = 10;
+const RECORD_OVERFLOW: u8 = 22;
+const DECODE_ERROR: u8 = 50;
+const NO_RENEGOTIATION: u8 = 100;
+
+/// The handshake message of a real ClientHello (the record header taken off), as a client
+/// that renegotiates sends it inside its encrypted session.
+fn renegotiating_hello(pki: &TestPki) -> Vec<u8> {
+    let hello = client_hello(pki.client_config_for(&[&rustls::version::TLS12]));
+    assert_eq!(hello[0], 0x16, "a handshake record");
+    let len = u16::from_be_bytes([hello[3], hello[4]]) as usize;
+    hello[5..5 + len].to_vec()
+}
+
+/// The issue: "renegotiation and oversized records get an alert". A TLS 1.2 client that asks
+/// to renegotiate (a ClientHello inside its session) is refused with a no_renegotiation warning
+/// and its session goes on; asking again ends it. In TLS 1.3 there is no renegotiation: a
+/// ClientHello after the handshake is a fatal unexpected_message. Everyone else is served.
+#[test]
+fn renegotiation_is_refused_with_an_alert_and_the_server_goes_on() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(&pki, tls_config(&pair));
+    let mut a = target.client("/reneg");
+    let mut b = target.client("/reneg");
+    wait_members(&target, 2);
+    let hello = renegotiating_hello(&pki);
+
+    let mut old = RawSession::new(&pki, &target, rustls::ProtocolVersion::TLSv1_2);
+    assert!(old.http_status_line("/healthz").ends_with("200 OK"));
+    old.send(rustls::ContentType::Handshake, &hello);
+    old.expect_alert(WARNING, &[NO_RENEGOTIATION], "TLS 1.2 renegotiation");
+    // Refused, not broken: the same session still carries requests.
+    assert!(old.http_status_line("/healthz").ends_with("200 OK"));
+    a.send(Message::text("after a refused renegotiation"))
+        .unwrap();
+    assert_eq!(next_text(&mut b), "after a refused renegotiation");
+    // A client that insists has had its answer: the second request ends the session.
+    old.send(rustls::ContentType::Handshake, &hello);
+    old.expect_end("a second renegotiation");
+
+    let mut new = RawSession::new(&pki, &target, rustls::ProtocolVersion::TLSv1_3);
+    assert!(new.http_status_line("/healthz").ends_with("200 OK"));
+    new.send(rustls::ContentType::Handshake, &hello);
+    new.expect_alert(FATAL, &[UNEXPECTED_MESSAGE], "a TLS 1.3 ClientHello");
+    new.expect_end("a TLS 1.3 ClientHello");
+
+    a.send(Message::text("after both")).unwrap();
+    assert_eq!(next_text(&mut b), "after both");
+    assert_eq!(target.get("/healthz").status, 200);
+}
+
+/// Oversized records after the handshake, in both versions: a record carrying more than 2^14
+/// bytes of plaintext (its ciphertext within the wire limit, so it is decrypted first) gets a
+/// fatal record_overflow (RFC 8446 5.2, RFC 5246 6.2.3); a record header announcing more than
+/// 2^14 + 2048 bytes cannot be framed and gets a fatal alert at once (rustls says
+/// decode_error; RFC 5246 6.2.3 asks for record_overflow: either is a refusal). The connection
+/// ends; everyone else is served.
+#[test]
+fn oversized_records_get_a_fatal_alert_and_the_server_goes_on() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(&pki, tls_config(&pair));
+    let mut a = target.client("/big");
+    let mut b = target.client("/big");
+    wait_members(&target, 2);
+
+    for version in [
+        rustls::ProtocolVersion::TLSv1_2,
+        rustls::ProtocolVersion::TLSv1_3,
+    ] {
+        // A full record is fine: a WebSocket frame of exactly 2^14 bytes reaches the room.
+        let mut c = RawSession::new(&pki, &target, version);
+        c.send(
+            rustls::ContentType::ApplicationData,
+            upgrade_request("/big").as_bytes(),
+        );
+        assert!(c.receive_response().starts_with("HTTP/1.1 101"));
+        wait_members(&target, 3);
+        let payload = pattern(16 * 1024 - 8, 7);
+        // FIN + binary, 126 (a 16-bit length follows), the length, a zero mask key.
+        let mut frame = vec![0x82, 0x80 | 126];
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.extend_from_slice(&payload);
+        assert_eq!(frame.len(), 16 * 1024);
+        c.send(rustls::ContentType::ApplicationData, &frame);
+        assert_eq!(binary_payload(next_message(&mut a)), payload, "{version:?}");
+        assert_eq!(binary_payload(next_message(&mut b)), payload, "{version:?}");
+        // ...one byte more is not.
+        c.send(
+            rustls::ContentType::ApplicationData,
+            &vec![b'x'; 16 * 1024 + 1],
+        );
+        c.expect_alert(FATAL, &[RECORD_OVERFLOW], "16 KiB + 1 of plaintext");
+        c.expect_end("16 KiB + 1 of plaintext");
+        wait_members(&target, 2);
+
+        let mut d = RawSession::new(&pki, &target, version);
+        assert!(d.http_status_line("/healthz").ends_with("200 OK"));
+        // A header announcing 2^14 + 2048 + 1 bytes, and that many bytes.
+        let mut record = vec![0x17, 0x03, 0x03];
+        record.extend_from_slice(&(16u16 * 1024 + 2048 + 1).to_be_bytes());
+        record.resize(5 + 16 * 1024 + 2048 + 1, 0x5a);
+        // The server may end the connection before it has read everything.
+        let _ = d.socket.write_all(&record);
+        d.expect_alert(
+            FATAL,
+            &[RECORD_OVERFLOW, DECODE_ERROR],
+            "a record over 2^14 + 2048",
+        );
+        d.expect_end("a record over 2^14 + 2048");
+
+        let note = format!("after oversized records over {version:?}");
+        a.send(Message::text(note.clone())).unwrap();
+        assert_eq!(next_text(&mut b), note);
+    }
+    assert_eq!(target.get("/healthz").status, 200);
 }

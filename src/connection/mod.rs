@@ -433,11 +433,16 @@ impl Connection {
         };
         let mut guard = Utf8Guard::default();
         let passed = guard.scan(&rest);
-        let rest = if passed < rest.len() {
+        let mut rest = if passed < rest.len() {
             rest[..passed].to_vec()
         } else {
             rest
         };
+        // `rest` is the request head's buffer with the head drained: tungstenite keeps it as
+        // its read buffer (its capacity, a whole head, for as long as the connection lives;
+        // a browser's head is 400-600 bytes). Empty, it is given back; tungstenite then
+        // allocates its READ_BUFFER_SIZE on its own.
+        rest.shrink_to_fit();
         self.phase = Phase::WebSocket(Box::new(WebSocketState {
             context: WebSocketContext::from_partially_read(rest, Role::Server, Some(config)),
             guard,

@@ -229,12 +229,26 @@ impl TestPki {
         &self,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Arc<ClientConfig> {
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        self.client_config_with(versions, provider.cipher_suites)
+    }
+
+    /// Like [`Self::client_config_for`], offering only `suites` (rustls's ring ones).
+    pub fn client_config_with(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        suites: Vec<rustls::SupportedCipherSuite>,
+    ) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(&self.ca).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
         #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::CryptoProvider {
+            cipher_suites: suites,
+            ..rustls::crypto::ring::default_provider()
+        });
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .unwrap()
