@@ -36,11 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_utc_timestamps()
-        .init()
-    {
+    if let Err(e) = wschat::logger::init(level) {
         eprintln!("wschat: cannot start logging: {e}");
         return ExitCode::from(1);
     }

@@ -444,7 +444,10 @@ fn handle_push(
         }
         b"pong" => match replies.pop() {
             Some(Expect::Ping | Expect::HelloPing) => Ok(()),
-            other => Err(format!("unexpected pong (expected {other:?})")),
+            // Not `{:?}` of the Option: the static builds' -Z fmt-debug=shallow shows a derived
+            // Debug as its variant name only, and "Some" would say nothing.
+            Some(other) => Err(format!("unexpected pong (expected the reply to {other:?})")),
+            None => Err("unexpected pong (no reply was expected)".into()),
         },
         b"subscribe" | b"unsubscribe" | b"ssubscribe" | b"sunsubscribe" => {
             log::debug!(
