@@ -15,8 +15,6 @@ pub mod deflate;
 /// Public for the fuzz targets, which drive the parser and router directly.
 pub mod http;
 mod listen;
-/// Public for the binary, which installs it.
-pub mod logger;
 /// Public for the binary, which installs its counting allocator.
 pub mod memory;
 mod message;

@@ -36,7 +36,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = wschat::logger::init(level) {
+    if let Err(e) = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_utc_timestamps()
+        .init()
+    {
         eprintln!("wschat: cannot start logging: {e}");
         return ExitCode::from(1);
     }
