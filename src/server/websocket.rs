@@ -26,8 +26,12 @@ const NON_READER_READ_BUDGET: usize = 4 * 1024;
 const MIN_READ_BUDGET: usize = 2 * 1024;
 /// The bytes all connections together read in one pass, before the minimum above.
 const READ_BUDGET_PER_PASS: usize = 4 * 1024 * 1024;
-/// One event's read may fan out to at most this fraction of the outbound limit.
+/// One event's read may fan out to at most this fraction of the outbound limit...
 const FANOUT_SHARE: usize = 8;
+/// ...and to at most this many bytes, whatever the limit: copying and writing it is most of
+/// a pass's work, and the default outbound limit (256 MiB) alone would let one read fan out
+/// to 32 MiB.
+const FANOUT_PER_EVENT: usize = 4 * 1024 * 1024;
 
 /// How long a client refused at the connection cap is told to wait.
 const RETRY_AFTER_SECONDS: &str = "5";
@@ -98,9 +102,11 @@ impl Server {
     ///   member that stopped reading) gets a small share: its pongs and echoes would only
     ///   queue behind the rest;
     /// - in a large room each byte read is copied to every other member, so a member reads at
-    ///   most what fans out to a share of the outbound limit. Without this, one 64 KiB read of
-    ///   1 KiB messages into a room of 2,000 queued 128 MiB in one pass (scripts/hostile,
-    ///   attack 5, with a 64 MiB ceiling) and held the loop for hundreds of milliseconds.
+    ///   most what fans out to a share of the outbound limit, and to 4 MiB at most. Without
+    ///   this, one 64 KiB read of 1 KiB messages into a room of 2,000 queued 128 MiB in one
+    ///   pass (scripts/hostile, attack 5, with a 64 MiB ceiling) and held the loop for
+    ///   hundreds of milliseconds; with the default ceiling, the share alone (32 MiB a read)
+    ///   still made passes of 150-300 ms.
     ///
     /// The rest of what the socket holds is read in the next passes (the read is owed).
     fn read_budget(&self, conn: &Connection) -> usize {
@@ -122,7 +128,8 @@ impl Server {
             .rooms
             .get(ws.room)
             .map_or(0, |room| room.members().len().saturating_sub(1));
-        pass_share.min(share_of(self.outbound_limit() / FANOUT_SHARE, others))
+        let fanout = (self.outbound_limit() / FANOUT_SHARE).min(FANOUT_PER_EVENT);
+        pass_share.min(share_of(fanout, others))
     }
 
     /// Puts a connection that owes a read on the list for the next pass, unless its own queue
