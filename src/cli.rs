@@ -36,6 +36,10 @@ Options:
                               ($WSCHAT_MAX_MEMORY) [default: half the cgroup limit, else
                               half of physical memory]; near it upgrades get 503, the
                               largest partial messages stop being read, queues are shed
+  --send-buffer BYTES         fix the kernel send buffer of each client socket (the kernel
+                              doubles it): the kernel memory a client that does not read
+                              can pin; 0 leaves it to the kernel's autotuning, up to 4 MiB
+                              a socket [default: 0]
   --slow-client POLICY        over --max-outbound: close (1008 \"slow consumer\"),
                               drop-newest or drop-oldest [default: close]
   --max-connections N         WebSocket connection cap; more get 503
@@ -207,6 +211,7 @@ pub fn parse(args: &[String], env: Environment<'_>) -> Result<Command, UsageErro
             "--max-outbound" => config.max_outbound = bytes(flag, &value()?)?,
             "--max-outbound-total" => config.max_outbound_total = bytes(flag, &value()?)?,
             "--max-memory" => config.max_memory = Some(bytes(flag, &value()?)?),
+            "--send-buffer" => config.send_buffer = bytes(flag, &value()?)?,
             "--history-bytes" => config.history_bytes = bytes(flag, &value()?)?,
             "--compression-min" => config.compression_min = bytes(flag, &value()?)?,
             "--compression" => {
@@ -482,6 +487,18 @@ mod tests {
         );
         assert_eq!(run(&[]).unwrap().max_memory, None);
         assert!(run(&["--max-memory", "lots"]).is_err());
+    }
+
+    #[test]
+    fn the_send_buffer_is_a_size_and_zero_means_the_kernels() {
+        assert_eq!(
+            run(&[]).unwrap().send_buffer,
+            crate::config::DEFAULT_SEND_BUFFER
+        );
+        assert_eq!(run(&["--send-buffer", "64K"]).unwrap().send_buffer, 65536);
+        assert_eq!(run(&["--send-buffer", "0"]).unwrap().send_buffer, 0);
+        assert!(run(&["--send-buffer", "2G"]).is_err());
+        assert!(run(&["--send-buffer", "big"]).is_err());
     }
 
     #[test]

@@ -20,6 +20,14 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 pub const DEFAULT_MAX_OUTBOUND: usize = 1024 * 1024;
 /// Bytes that may wait for all readers together: makes memory predictable on a small host.
 pub const DEFAULT_MAX_OUTBOUND_TOTAL: usize = 256 * 1024 * 1024;
+/// The kernel send buffer of each client socket: 0 leaves it to the kernel's autotuning,
+/// which grows it (up to `tcp_wmem`'s maximum, 4 MiB by default) for a fast reader's bursts.
+/// A fixed size bounds the kernel memory a client that does not read can pin, at the price
+/// of those bursts: they then wait in the client's queue and meet `--max-outbound` sooner
+/// (docs/hostile.md).
+pub const DEFAULT_SEND_BUFFER: usize = 0;
+/// The kernel takes an `int` and doubles it.
+const MAX_SEND_BUFFER: usize = 1 << 30;
 /// An HTTP request head larger than this is answered with 431. Browsers send under 2 KiB.
 pub const MAX_HEAD_SIZE: usize = 8 * 1024;
 /// More header lines than this is answered with 431 too.
@@ -140,6 +148,9 @@ pub struct Config {
     pub max_outbound_total: usize,
     /// The memory ceiling (`--max-memory`); None: derived from the host at start.
     pub max_memory: Option<usize>,
+    /// The kernel send buffer of each client socket (`--send-buffer`); 0 leaves it to the
+    /// kernel's autotuning.
+    pub send_buffer: usize,
     pub slow_client: SlowClientPolicy,
     pub handshake_timeout: Duration,
     pub ping_interval: Duration,
@@ -190,6 +201,7 @@ impl Default for Config {
             max_outbound: DEFAULT_MAX_OUTBOUND,
             max_outbound_total: DEFAULT_MAX_OUTBOUND_TOTAL,
             max_memory: None,
+            send_buffer: DEFAULT_SEND_BUFFER,
             slow_client: SlowClientPolicy::Close,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             ping_interval: DEFAULT_PING_INTERVAL,
@@ -252,6 +264,9 @@ impl Config {
             return fail(
                 "--history-bytes plus --max-message-size must fit in --max-outbound (a joiner's history must not make it a slow consumer)",
             );
+        }
+        if self.send_buffer > MAX_SEND_BUFFER {
+            return fail("--send-buffer must be at most 1G");
         }
         if self.max_outbound_total < self.max_outbound {
             return fail("--max-outbound-total must be at least --max-outbound");

@@ -6,11 +6,14 @@
 //! connection's addresses; with `--redis` they share rooms. Every socket bound to the port
 //! must set it, from the same user, or the bind fails with `EADDRINUSE`. A process that exits
 //! drops the connections still waiting in its own accept queue (docs/scaling.md).
+//!
+//! `--send-buffer` is set here too, on the listener, and the kernel hands it to every socket
+//! accepted from it: no system call per connection.
 
 use std::io;
 use std::mem;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Connections the kernel may hold completed but not yet accepted. mio's own `bind` uses the
 /// same figure; the kernel caps it at `net.core.somaxconn` (4096 on current kernels). A
@@ -68,14 +71,53 @@ pub(crate) fn bind_listener(address: SocketAddr, reuse_port: bool) -> io::Result
 
 /// Sets a boolean SOL_SOCKET option to 1.
 fn set_flag(socket: &OwnedFd, option: libc::c_int) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: the value pointer and its length describe `on`, alive for the call.
+    set_option(socket.as_raw_fd(), option, 1)
+}
+
+/// Fixes the kernel send buffer of a listening socket's connections at `bytes` (the kernel
+/// doubles the figure for its bookkeeping and caps it at `net.core.wmem_max`), and returns
+/// what the kernel set. Sockets accepted from the listener inherit it, with the lock that
+/// stops the kernel from growing it: autotuned, a connection whose peer does not read
+/// takes up to `tcp_wmem`'s maximum (4 MiB by default) of kernel memory, outside the
+/// process's RSS and its memory ceiling. 2,000 such members of one room took the machine's
+/// TCP memory to 1.5 GiB over loopback, past the point where the kernel throttles every
+/// socket (docs/hostile.md).
+pub(crate) fn set_send_buffer(socket: &impl AsRawFd, bytes: usize) -> io::Result<usize> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_option(socket.as_raw_fd(), libc::SO_SNDBUF, bytes)?;
+    send_buffer(socket)
+}
+
+/// The kernel send buffer of a socket, in bytes.
+pub(crate) fn send_buffer(socket: &impl AsRawFd) -> io::Result<usize> {
+    let mut value: libc::c_int = 0;
+    let mut length = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the value pointer and the length pointer describe `value` and `length`, alive
+    // for the call.
     let result = unsafe {
-        libc::setsockopt(
+        libc::getsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw mut value).cast::<libc::c_void>(),
+            &mut length,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(value).unwrap_or(0))
+}
+
+/// Sets an integer SOL_SOCKET option.
+fn set_option(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: the value pointer and its length describe `value`, alive for the call.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
             option,
-            (&raw const on).cast::<libc::c_void>(),
+            (&raw const value).cast::<libc::c_void>(),
             mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -185,6 +227,38 @@ mod tests {
         let mut buffer = [0u8; 2];
         served.read_exact(&mut buffer).unwrap();
         assert_eq!(&buffer, b"hi");
+    }
+
+    #[test]
+    fn accepted_sockets_keep_the_listeners_send_buffer() {
+        let listener = bind_listener(loopback_v4(), false).expect("bind");
+        let autotuned = {
+            let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            send_buffer(&accept_one(&listener)).unwrap()
+        };
+        let set = set_send_buffer(&listener, 32 * 1024).expect("SO_SNDBUF");
+        // Linux doubles the request for its bookkeeping.
+        assert_eq!(set, 64 * 1024);
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let served = accept_one(&listener);
+        assert_eq!(send_buffer(&served).unwrap(), set, "autotuned: {autotuned}");
+        // An established connection's buffer would have grown by now if it were not locked:
+        // write until the socket refuses, which is where autotuning grows it.
+        served.set_nonblocking(true).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let mut written = 0;
+        while written < 64 * 1024 * 1024 {
+            match (&served).write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        assert_eq!(
+            send_buffer(&served).unwrap(),
+            set,
+            "after {written} bytes queued"
+        );
     }
 
     #[test]

@@ -396,3 +396,31 @@ fn a_client_that_pings_and_never_reads_is_held_to_its_budget_and_hurts_no_one() 
         0.0
     );
 }
+
+/// `--send-buffer` fixes the kernel's send buffer of every client socket: a member that does
+/// not read holds at most that much of the kernel's memory, and the rest of what it is sent
+/// waits in its queue, where the server counts it and the slow-client policy sees it. With
+/// the kernel's autotuning, a loopback socket takes megabytes (docs/hostile.md: 2,000 such
+/// members took 1.5 GiB of kernel memory, outside the process and its ceiling).
+#[test]
+fn a_member_that_does_not_read_holds_at_most_the_send_buffer_in_the_kernel() {
+    const SENT: usize = 3 * 1024 * 1024;
+    let server = start(Config {
+        send_buffer: 16 * 1024,
+        max_outbound: 8 * 1024 * 1024,
+        max_outbound_total: 64 * 1024 * 1024,
+        max_message_size: 16 * 1024,
+        ..config()
+    });
+    let mut sender = server.client("/");
+    let _slow = server.raw_websocket("/");
+    wait_for_members(&server, 2);
+    for seq in 0..(SENT / MESSAGE) as u32 {
+        sender.send(numbered(seq)).unwrap();
+    }
+    // What the kernel did not take stays queued: all but the 32 KiB send buffer (16 KiB,
+    // doubled) and the reader's receive window, a few hundred KiB on loopback.
+    eventually("the non-reader's bytes to wait in its queue", || {
+        server.metric("wschat_outbound_queued_bytes") >= (SENT - 1024 * 1024) as f64
+    });
+}

@@ -37,6 +37,7 @@ use crate::assets::{AssetError, Assets};
 use crate::config::{Config, ConfigError, PageSource, RESERVED_FDS};
 use crate::connection::{Connection, ReadScratch};
 use crate::deflate::{Compressor, DEFAULT_LEVEL};
+use crate::listen;
 use crate::outbound::QueuedTotal;
 use crate::redis::{Incoming, RedisConfig, RedisLink};
 use crate::room::{HistoryLimits, Rooms};
@@ -77,6 +78,8 @@ pub enum ServerError {
     Config(ConfigError),
     Bind(SocketAddr, io::Error),
     SocketActivation(io::Error),
+    /// `--send-buffer` could not be set on a listening socket.
+    SendBuffer(io::Error),
     Assets(AssetError),
     Poll(io::Error),
     Signals(io::Error),
@@ -92,6 +95,7 @@ impl fmt::Display for ServerError {
             ServerError::Config(e) => write!(f, "invalid settings: {e}"),
             ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ServerError::SocketActivation(e) => write!(f, "systemd socket activation: {e}"),
+            ServerError::SendBuffer(e) => write!(f, "--send-buffer: {e}"),
             ServerError::Assets(e) => write!(f, "{e}"),
             ServerError::Poll(e) => write!(f, "event loop failure: {e}"),
             ServerError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
@@ -233,7 +237,7 @@ impl Server {
         let tls_on = false;
         let bind = |port: u16| {
             let address = SocketAddr::new(config.bind, port);
-            crate::listen::bind_listener(address, config.reuse_port)
+            listen::bind_listener(address, config.reuse_port)
                 .map(TcpListener::from_std)
                 .map_err(|e| ServerError::Bind(address, e))
         };
@@ -258,6 +262,13 @@ impl Server {
                 token: TLS_LISTENER,
                 tls: true,
             });
+        }
+        // Set on the listeners (systemd's too), inherited by every accepted socket.
+        if config.send_buffer > 0 {
+            for listener in &listeners {
+                listen::set_send_buffer(&listener.socket, config.send_buffer)
+                    .map_err(ServerError::SendBuffer)?;
+            }
         }
         let address_of = |listener: &Listener| {
             listener
@@ -395,6 +406,20 @@ impl Server {
             "memory ceiling: {} bytes ({}); near it upgrades get 503, partial input stops being read, queues are shed",
             self.memory.ceiling, self.ceiling_source
         );
+        match self
+            .listeners
+            .first()
+            .map(|l| listen::send_buffer(&l.socket))
+        {
+            _ if self.config.send_buffer == 0 => info!(
+                "kernel send buffer: autotuned (--send-buffer 0), up to tcp_wmem's maximum per connection"
+            ),
+            Some(Ok(bytes)) => info!(
+                "kernel send buffer: {bytes} bytes per connection (--send-buffer {}, doubled by the kernel and capped at net.core.wmem_max)",
+                self.config.send_buffer
+            ),
+            _ => {}
+        }
         info!(
             "limits: max-connections={} max-message-size={} max-outbound={} max-outbound-total={} slow-client={} compression={}",
             self.max_connections,
