@@ -406,19 +406,19 @@ impl Server {
             "memory ceiling: {} bytes ({}); near it upgrades get 503, partial input stops being read, queues are shed",
             self.memory.ceiling, self.ceiling_source
         );
-        match self
+        if self.config.send_buffer == 0 {
+            info!(
+                "kernel send buffer: autotuned (--send-buffer 0), up to tcp_wmem's maximum per connection"
+            );
+        } else if let Some(Ok(bytes)) = self
             .listeners
             .first()
             .map(|l| listen::send_buffer(&l.socket))
         {
-            _ if self.config.send_buffer == 0 => info!(
-                "kernel send buffer: autotuned (--send-buffer 0), up to tcp_wmem's maximum per connection"
-            ),
-            Some(Ok(bytes)) => info!(
+            info!(
                 "kernel send buffer: {bytes} bytes per connection (--send-buffer {}, doubled by the kernel and capped at net.core.wmem_max)",
                 self.config.send_buffer
-            ),
-            _ => {}
+            );
         }
         info!(
             "limits: max-connections={} max-message-size={} max-outbound={} max-outbound-total={} slow-client={} compression={}",
