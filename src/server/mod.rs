@@ -483,6 +483,7 @@ impl Server {
                 self.begin_drain();
             }
             self.serve_owed_reads(&owed);
+            self.reads.give_back(owed);
             self.fire_timers();
             self.deliver_from_redis();
             self.enforce_memory_ceiling();
