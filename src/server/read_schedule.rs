@@ -88,9 +88,7 @@ impl ReadSchedule {
     /// Takes back a list from `take`, served, so the next pass reuses its capacity.
     pub(crate) fn give_back(&mut self, mut served: Vec<usize>) {
         served.clear();
-        if served.capacity() > self.spare.capacity() {
-            self.spare = served;
-        }
+        self.spare = served;
     }
 }
 

@@ -159,6 +159,48 @@ impl Drop for RecordKey {
     }
 }
 
+/// A record key and the IV that, XORed with a record's sequence number, is its nonce: what
+/// every sealer and opener here holds but TLS 1.2 AES-GCM's opener, whose nonce comes with
+/// the record.
+struct SequencedKey {
+    key: RecordKey,
+    iv: [u8; NONCE_LEN],
+}
+
+impl SequencedKey {
+    fn new(algorithm: &'static aead::Algorithm, key: &AeadKey, iv: [u8; NONCE_LEN]) -> Self {
+        SequencedKey {
+            key: RecordKey::new(algorithm, key),
+            iv,
+        }
+    }
+
+    fn nonce(&self, seq: u64) -> aead::Nonce {
+        aead::Nonce::assume_unique_for_key(Nonce::new(&Iv::from(self.iv), seq).0)
+    }
+
+    /// Encrypts `payload` in place and appends the tag.
+    fn seal(
+        &self,
+        seq: u64,
+        aad: impl AsRef<[u8]>,
+        payload: &mut PrefixedPayload,
+    ) -> Result<(), Error> {
+        self.key
+            .expand()?
+            .seal_in_place_append_tag(self.nonce(seq), aead::Aad::from(aad), payload)
+            .map_err(|_| Error::EncryptError)
+    }
+
+    /// Decrypts `payload` (ciphertext and tag) in place; returns the plaintext's length.
+    fn open(&self, seq: u64, aad: impl AsRef<[u8]>, payload: &mut [u8]) -> Result<usize, Error> {
+        let key = self.key.expand().map_err(|_| Error::DecryptError)?;
+        key.open_in_place(self.nonce(seq), aead::Aad::from(aad), payload)
+            .map(|plain| plain.len())
+            .map_err(|_| Error::DecryptError)
+    }
+}
+
 fn iv_bytes(iv: &Iv) -> [u8; NONCE_LEN] {
     let mut bytes = [0u8; NONCE_LEN];
     bytes.copy_from_slice(iv.as_ref());
@@ -170,17 +212,11 @@ struct Tls13Aead(&'static aead::Algorithm);
 
 impl Tls13AeadAlgorithm for Tls13Aead {
     fn encrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageEncrypter> {
-        Box::new(Tls13Sealer {
-            key: RecordKey::new(self.0, &key),
-            iv: iv_bytes(&iv),
-        })
+        Box::new(Tls13Sealer(SequencedKey::new(self.0, &key, iv_bytes(&iv))))
     }
 
     fn decrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageDecrypter> {
-        Box::new(Tls13Opener {
-            key: RecordKey::new(self.0, &key),
-            iv: iv_bytes(&iv),
-        })
+        Box::new(Tls13Opener(SequencedKey::new(self.0, &key, iv_bytes(&iv))))
     }
 
     fn key_len(&self) -> usize {
@@ -212,15 +248,9 @@ fn traffic_secrets(
     }
 }
 
-struct Tls13Sealer {
-    key: RecordKey,
-    iv: [u8; NONCE_LEN],
-}
+struct Tls13Sealer(SequencedKey);
 
-struct Tls13Opener {
-    key: RecordKey,
-    iv: [u8; NONCE_LEN],
-}
+struct Tls13Opener(SequencedKey);
 
 impl MessageEncrypter for Tls13Sealer {
     fn encrypt(
@@ -228,15 +258,11 @@ impl MessageEncrypter for Tls13Sealer {
         msg: OutboundPlainMessage<'_>,
         seq: u64,
     ) -> Result<OutboundOpaqueMessage, Error> {
-        let key = self.key.expand()?;
         let total_len = self.encrypted_payload_len(msg.payload.len());
         let mut payload = PrefixedPayload::with_capacity(total_len);
-        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&Iv::from(self.iv), seq).0);
-        let aad = aead::Aad::from(make_tls13_aad(total_len));
         payload.extend_from_chunks(&msg.payload);
         payload.extend_from_slice(&msg.typ.to_array());
-        key.seal_in_place_append_tag(nonce, aad, &mut payload)
-            .map_err(|_| Error::EncryptError)?;
+        self.0.seal(seq, make_tls13_aad(total_len), &mut payload)?;
         // Every TLS 1.3 record says application data and TLS 1.2 (RFC 8446 5.1, 5.2).
         Ok(OutboundOpaqueMessage::new(
             rustls::ContentType::ApplicationData,
@@ -260,13 +286,8 @@ impl MessageDecrypter for Tls13Opener {
         if payload.len() < TAG_LEN {
             return Err(Error::DecryptError);
         }
-        let key = self.key.expand().map_err(|_| Error::DecryptError)?;
-        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&Iv::from(self.iv), seq).0);
-        let aad = aead::Aad::from(make_tls13_aad(payload.len()));
-        let plain_len = key
-            .open_in_place(nonce, aad, payload)
-            .map_err(|_| Error::DecryptError)?
-            .len();
+        let aad = make_tls13_aad(payload.len());
+        let plain_len = self.0.open(seq, aad, payload)?;
         payload.truncate(plain_len);
         msg.into_tls13_unpadded_message()
     }
@@ -278,10 +299,11 @@ struct Tls12Gcm(&'static aead::Algorithm);
 
 impl Tls12AeadAlgorithm for Tls12Gcm {
     fn encrypter(&self, key: AeadKey, iv: &[u8], extra: &[u8]) -> Box<dyn MessageEncrypter> {
-        Box::new(Tls12GcmSealer {
-            key: RecordKey::new(self.0, &key),
-            iv: gcm_iv(iv, extra),
-        })
+        Box::new(Tls12GcmSealer(SequencedKey::new(
+            self.0,
+            &key,
+            gcm_iv(iv, extra),
+        )))
     }
 
     fn decrypter(&self, key: AeadKey, iv: &[u8]) -> Box<dyn MessageDecrypter> {
@@ -321,10 +343,7 @@ fn gcm_iv(salt: &[u8], explicit: &[u8]) -> [u8; NONCE_LEN] {
     iv
 }
 
-struct Tls12GcmSealer {
-    key: RecordKey,
-    iv: [u8; NONCE_LEN],
-}
+struct Tls12GcmSealer(SequencedKey);
 
 struct Tls12GcmOpener {
     key: RecordKey,
@@ -337,10 +356,10 @@ impl MessageEncrypter for Tls12GcmSealer {
         msg: OutboundPlainMessage<'_>,
         seq: u64,
     ) -> Result<OutboundOpaqueMessage, Error> {
-        let key = self.key.expand()?;
+        let key = self.0.key.expand()?;
         let total_len = self.encrypted_payload_len(msg.payload.len());
         let mut payload = PrefixedPayload::with_capacity(total_len);
-        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&Iv::from(self.iv), seq).0);
+        let nonce = self.0.nonce(seq);
         let aad = aead::Aad::from(make_tls12_aad(seq, msg.typ, msg.version, msg.payload.len()));
         payload.extend_from_slice(&nonce.as_ref()[4..]);
         payload.extend_from_chunks(&msg.payload);
@@ -395,17 +414,19 @@ struct Tls12ChaCha;
 
 impl Tls12AeadAlgorithm for Tls12ChaCha {
     fn encrypter(&self, key: AeadKey, iv: &[u8], _extra: &[u8]) -> Box<dyn MessageEncrypter> {
-        Box::new(Tls12ChaChaSealer {
-            key: RecordKey::new(&aead::CHACHA20_POLY1305, &key),
-            iv: chacha_iv(iv),
-        })
+        Box::new(Tls12ChaChaSealer(SequencedKey::new(
+            &aead::CHACHA20_POLY1305,
+            &key,
+            chacha_iv(iv),
+        )))
     }
 
     fn decrypter(&self, key: AeadKey, iv: &[u8]) -> Box<dyn MessageDecrypter> {
-        Box::new(Tls12ChaChaOpener {
-            key: RecordKey::new(&aead::CHACHA20_POLY1305, &key),
-            iv: chacha_iv(iv),
-        })
+        Box::new(Tls12ChaChaOpener(SequencedKey::new(
+            &aead::CHACHA20_POLY1305,
+            &key,
+            chacha_iv(iv),
+        )))
     }
 
     fn key_block_shape(&self) -> KeyBlockShape {
@@ -433,15 +454,9 @@ fn chacha_iv(iv: &[u8]) -> [u8; NONCE_LEN] {
     bytes
 }
 
-struct Tls12ChaChaSealer {
-    key: RecordKey,
-    iv: [u8; NONCE_LEN],
-}
+struct Tls12ChaChaSealer(SequencedKey);
 
-struct Tls12ChaChaOpener {
-    key: RecordKey,
-    iv: [u8; NONCE_LEN],
-}
+struct Tls12ChaChaOpener(SequencedKey);
 
 impl MessageEncrypter for Tls12ChaChaSealer {
     fn encrypt(
@@ -449,14 +464,11 @@ impl MessageEncrypter for Tls12ChaChaSealer {
         msg: OutboundPlainMessage<'_>,
         seq: u64,
     ) -> Result<OutboundOpaqueMessage, Error> {
-        let key = self.key.expand()?;
         let total_len = self.encrypted_payload_len(msg.payload.len());
         let mut payload = PrefixedPayload::with_capacity(total_len);
-        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&Iv::from(self.iv), seq).0);
-        let aad = aead::Aad::from(make_tls12_aad(seq, msg.typ, msg.version, msg.payload.len()));
+        let aad = make_tls12_aad(seq, msg.typ, msg.version, msg.payload.len());
         payload.extend_from_chunks(&msg.payload);
-        key.seal_in_place_append_tag(nonce, aad, &mut payload)
-            .map_err(|_| Error::EncryptError)?;
+        self.0.seal(seq, aad, &mut payload)?;
         Ok(OutboundOpaqueMessage::new(msg.typ, msg.version, payload))
     }
 
@@ -475,19 +487,9 @@ impl MessageDecrypter for Tls12ChaChaOpener {
         if payload.len() < TAG_LEN {
             return Err(Error::DecryptError);
         }
-        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&Iv::from(self.iv), seq).0);
-        let aad = aead::Aad::from(make_tls12_aad(
-            seq,
-            msg.typ,
-            msg.version,
-            payload.len() - TAG_LEN,
-        ));
-        let key = self.key.expand().map_err(|_| Error::DecryptError)?;
+        let aad = make_tls12_aad(seq, msg.typ, msg.version, payload.len() - TAG_LEN);
         let payload = &mut msg.payload;
-        let plain_len = key
-            .open_in_place(nonce, aad, payload)
-            .map_err(|_| Error::DecryptError)?
-            .len();
+        let plain_len = self.0.open(seq, aad, payload)?;
         if plain_len > MAX_FRAGMENT_LEN {
             return Err(Error::PeerSentOversizedRecord);
         }
