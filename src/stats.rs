@@ -70,9 +70,18 @@ impl DropReason {
     }
 }
 
-/// Upper bounds of the loop-iteration histogram, in seconds.
-const LOOP_BUCKETS: [f64; 10] = [
-    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
+/// Upper bounds of the loop-iteration histogram: 10 µs to 0.5 s.
+const LOOP_BUCKETS: [Duration; 10] = [
+    Duration::from_micros(10),
+    Duration::from_micros(50),
+    Duration::from_micros(100),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(500),
 ];
 
 #[derive(Debug, Default, Clone)]
@@ -96,7 +105,7 @@ pub struct Stats {
     pub loop_iterations: u64,
     /// Per-bucket counts; the last counts passes longer than every bound.
     loop_buckets: [u64; LOOP_BUCKETS.len() + 1],
-    loop_seconds_sum: f64,
+    loop_time_sum: Duration,
 }
 
 /// Values that are read off the server when the page is rendered, not counted.
@@ -148,11 +157,10 @@ impl Stats {
 
     pub fn record_loop(&mut self, took: Duration) {
         self.loop_iterations += 1;
-        let seconds = took.as_secs_f64();
-        self.loop_seconds_sum += seconds;
+        self.loop_time_sum = self.loop_time_sum.saturating_add(took);
         let bucket = LOOP_BUCKETS
             .iter()
-            .position(|&b| seconds <= b)
+            .position(|&b| took <= b)
             .unwrap_or(LOOP_BUCKETS.len());
         self.loop_buckets[bucket] += 1;
     }
@@ -339,7 +347,7 @@ impl Stats {
             "Time spent handling one batch of events.",
             &LOOP_BUCKETS,
             &self.loop_buckets,
-            self.loop_seconds_sum,
+            self.loop_time_sum,
         );
         let process = &gauges.process;
         if let Some(rss) = process.resident_bytes {
@@ -362,7 +370,7 @@ impl Stats {
             "wschat_uptime_seconds",
             g,
             "Seconds since the server started.",
-            gauges.uptime.as_secs_f64(),
+            Seconds(gauges.uptime),
         );
         page.single(
             "wschat_draining",
@@ -459,21 +467,48 @@ impl MetricsPage {
 
     /// A histogram from per-bucket (not cumulative) counts: one per bound, then one for
     /// everything above the last bound.
-    pub fn histogram(&mut self, name: &str, help: &str, bounds: &[f64], counts: &[u64], sum: f64) {
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        bounds: &[Duration],
+        counts: &[u64],
+        sum: Duration,
+    ) {
         self.header(name, "histogram", help);
         let mut cumulative = 0;
         for (bound, count) in bounds.iter().zip(counts) {
             cumulative += count;
+            let bound = Seconds(*bound);
             let _ = writeln!(self.out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         cumulative += counts.get(bounds.len()).copied().unwrap_or(0);
         let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(self.out, "{name}_sum {sum}");
+        let _ = writeln!(self.out, "{name}_sum {}", Seconds(sum));
         let _ = writeln!(self.out, "{name}_count {cumulative}");
     }
 
     pub fn finish(self) -> String {
         self.out
+    }
+}
+
+/// A duration as decimal seconds for the metrics page (`0.00005`, `12.5`, `3`): whole seconds,
+/// then the nanoseconds without their trailing zeros. Integer formatting only, so the binary
+/// carries none of std's float formatting (about 14 KB; docs/targets.md, Size).
+pub struct Seconds(pub Duration);
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (whole, mut nanos, mut width) = (self.0.as_secs(), self.0.subsec_nanos(), 9);
+        if nanos == 0 {
+            return write!(f, "{whole}");
+        }
+        while nanos % 10 == 0 {
+            nanos /= 10;
+            width -= 1;
+        }
+        write!(f, "{whole}.{nanos:0width$}")
     }
 }
 
@@ -507,6 +542,20 @@ impl ProcessInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_print_as_the_floats_did() {
+        for (duration, text) in [
+            (Duration::ZERO, "0"),
+            (Duration::from_secs(3), "3"),
+            (Duration::from_micros(10), "0.00001"),
+            (Duration::from_millis(500), "0.5"),
+            (Duration::new(12, 340_000_000), "12.34"),
+            (Duration::new(1, 1), "1.000000001"),
+        ] {
+            assert_eq!(Seconds(duration).to_string(), text);
+        }
+    }
 
     fn gauges() -> Gauges {
         Gauges {

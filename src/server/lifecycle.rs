@@ -204,11 +204,12 @@ impl Server {
             let lived = self.now.saturating_duration_since(conn.opened_at);
             if conn.upgraded {
                 info!(
-                    "conn={} peer={} closed reason={} after={:.3}s",
+                    "conn={} peer={} closed reason={} after={}.{:03}s",
                     conn.id,
                     conn.peer,
                     reason,
-                    lived.as_secs_f64()
+                    lived.as_secs(),
+                    lived.subsec_millis()
                 );
             } else if reason.is_ordinary() {
                 trace!("conn={} peer={} closed reason={reason}", conn.id, conn.peer);
