@@ -85,6 +85,8 @@ const NO_RENEGOTIATION: u8 = 100;
 /// Handshake message types seen after the handshake (RFC 8446 4, RFC 5246 7.4).
 const CLIENT_HELLO: u8 = 1;
 const KEY_UPDATE: u8 = 24;
+/// A KeyUpdate message: type, 24-bit length, request.
+const KEY_UPDATE_LEN: usize = 5;
 /// KeyUpdateRequest values (RFC 8446 4.6.3).
 const UPDATE_NOT_REQUESTED: u8 = 0;
 const UPDATE_REQUESTED: u8 = 1;
@@ -474,11 +476,17 @@ impl Established {
 
     /// Seals `payload` (at most 2^14 bytes) as one record of application data into `out`,
     /// after our KeyUpdate if the send key would otherwise reach its limit (TLS 1.3), or
-    /// close_notify instead of it (TLS 1.2). `out` must have room for two records' overhead
-    /// beyond the payload (`record_room`); less is an error, never a panic.
+    /// close_notify instead of it (TLS 1.2). `out` must have `room(payload.len())` bytes;
+    /// less is an error, never a panic.
     pub fn seal(&mut self, payload: &[u8], out: &mut [u8]) -> Result<Sealed, Failure> {
         self.seal_with_limit(ContentType::ApplicationData, payload, out)
             .map_err(|fatal| Failure(fatal.why))
+    }
+
+    /// Room to seal `payload_len` bytes of plaintext: its record, and our KeyUpdate before it
+    /// when the send key is used up.
+    pub fn room(&self, payload_len: usize) -> usize {
+        record_room(&*self.sealer, payload_len) + record_room(&*self.sealer, KEY_UPDATE_LEN)
     }
 
     /// Seals our close_notify onto `outgoing` (it may take the key's last sequence number).
@@ -522,7 +530,7 @@ impl Established {
         outgoing: &mut Vec<u8>,
     ) -> Result<Sealed, Fatal> {
         let at = outgoing.len();
-        outgoing.resize(at + 2 * record_room(&*self.sealer, payload.len()), 0);
+        outgoing.resize(at + self.room(payload.len()), 0);
         let sealed = self.seal_with_limit(typ, payload, &mut outgoing[at..]);
         let written = match &sealed {
             Ok(Sealed::Data(n) | Sealed::Closed(n)) => *n,
@@ -671,4 +679,271 @@ fn opener(
                 .decrypter(key, &iv.as_ref()[..fixed.min(iv.as_ref().len())])
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! An `Established` session against rustls's own client, in memory: the handshake by
+    //! rustls on both sides (the server side as `TlsSession` runs it, unbuffered), then the
+    //! server side converted, and its records read by the client and the client's by it.
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::server::UnbufferedServerConnection;
+    use rustls::unbuffered::ConnectionState;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, SupportedProtocolVersion};
+
+    use super::*;
+
+    const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/tls/cert.pem");
+    const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/tls/key.pem");
+
+    fn client(version: &'static SupportedProtocolVersion) -> ClientConnection {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(CERT).unwrap())
+            .unwrap();
+        let config = ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap()
+    }
+
+    /// Bytes the client has to send.
+    fn client_output(client: &mut ClientConnection) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut bytes).unwrap();
+        }
+        bytes
+    }
+
+    /// Gives the client `records`; returns the plaintext it can read then, and whether it saw
+    /// close_notify.
+    fn client_reads(client: &mut ClientConnection, records: &[u8]) -> (Vec<u8>, bool) {
+        let mut input = records;
+        while !input.is_empty() {
+            client.read_tls(&mut input).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        let mut plaintext = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match client.reader().read(&mut buf) {
+                Ok(0) => return (plaintext, true),
+                Ok(n) => plaintext.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return (plaintext, false),
+                Err(e) => panic!("client read: {e}"),
+            }
+        }
+    }
+
+    /// A handshake in memory; the server side converted as `TlsSession::establish` does.
+    fn established(version: &'static SupportedProtocolVersion) -> (Established, ClientConnection) {
+        let config = crate::tls::load_server_config(CERT.as_ref(), KEY.as_ref()).unwrap();
+        let mut server = UnbufferedServerConnection::new(config).unwrap();
+        let mut client = client(version);
+        let mut incoming = Vec::new();
+        for _ in 0..10 {
+            incoming.extend_from_slice(&client_output(&mut client));
+            let mut outgoing = Vec::new();
+            let mut traffic = false;
+            loop {
+                let status = server.process_tls_records(&mut incoming);
+                let discard = status.discard;
+                let mut done = false;
+                match status.state.unwrap() {
+                    ConnectionState::EncodeTlsData(mut encode) => {
+                        let at = outgoing.len();
+                        outgoing.resize(at + 8192, 0);
+                        let n = encode.encode(&mut outgoing[at..]).unwrap();
+                        outgoing.truncate(at + n);
+                    }
+                    ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                    ConnectionState::WriteTraffic(_) => {
+                        traffic = true;
+                        done = true;
+                    }
+                    _ => done = true,
+                }
+                incoming.drain(..discard);
+                if done {
+                    break;
+                }
+            }
+            client_reads(&mut client, &outgoing);
+            if traffic && incoming.is_empty() && !server.is_handshaking() {
+                let (secrets, kernel) = server.dangerous_into_kernel_connection().unwrap();
+                return (Established::new(secrets, kernel).unwrap(), client);
+            }
+        }
+        panic!("no handshake");
+    }
+
+    fn seal(session: &mut Established, payload: &[u8]) -> (Sealed, Vec<u8>) {
+        let mut out = vec![0u8; session.room(payload.len())];
+        let sealed = session.seal(payload, &mut out).unwrap();
+        let (Sealed::Data(n) | Sealed::Closed(n)) = sealed;
+        out.truncate(n);
+        (sealed, out)
+    }
+
+    /// Opens `records`; the plaintext, or the failure and the alert records sent.
+    fn open(
+        session: &mut Established,
+        records: &[u8],
+    ) -> (Result<Opened, Failure>, Vec<u8>, Vec<u8>) {
+        let mut records = records.to_vec();
+        let mut plaintext = Vec::new();
+        let mut outgoing = Vec::new();
+        let opened = session.open(
+            &mut records,
+            &mut |p| plaintext.extend_from_slice(p),
+            &mut outgoing,
+        );
+        (opened, plaintext, outgoing)
+    }
+
+    #[test]
+    fn records_go_both_ways_in_both_versions() {
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let (mut server, mut client) = established(version);
+            let (_, records) = seal(&mut server, b"from the server");
+            assert_eq!(client_reads(&mut client, &records).0, b"from the server");
+            client.writer().write_all(b"from the client").unwrap();
+            let records = client_output(&mut client);
+            let (opened, plaintext, answer) = open(&mut server, &records);
+            assert_eq!(opened.unwrap(), Opened::Consumed(records.len()));
+            assert_eq!(plaintext, b"from the client");
+            assert!(answer.is_empty());
+            // An incomplete record waits.
+            client.writer().write_all(b"split").unwrap();
+            let records = client_output(&mut client);
+            let (opened, plaintext, _) = open(&mut server, &records[..records.len() - 1]);
+            assert_eq!(opened.unwrap(), Opened::Consumed(0));
+            assert!(plaintext.is_empty());
+            let (opened, plaintext, _) = open(&mut server, &records);
+            assert_eq!(opened.unwrap(), Opened::Consumed(records.len()));
+            assert_eq!(plaintext, b"split");
+        }
+    }
+
+    #[test]
+    fn a_tls13_send_key_at_its_limit_is_updated_first() {
+        let (mut server, mut client) = established(&rustls::version::TLS13);
+        // AES-128-GCM's limit, from the suite (rustls: 2^24 records).
+        assert_eq!(server.send_limit, 1 << 24);
+        // Two records left under this key: the next record may take one, the one after must
+        // leave the last for our KeyUpdate.
+        server.send_limit = server.send_seq + 2;
+        let (sealed, first) = seal(&mut server, b"one");
+        assert!(matches!(sealed, Sealed::Data(_)));
+        let (sealed, second) = seal(&mut server, b"two");
+        assert!(matches!(sealed, Sealed::Data(_)));
+        assert_eq!(server.send_seq, 1, "a new key: its record 0 was \"two\"");
+        let (plaintext, closed) = client_reads(&mut client, &[first, second].concat());
+        assert_eq!(plaintext, b"onetwo");
+        assert!(!closed);
+        // The client answered our request with its own KeyUpdate: the server's receive key
+        // moves on, and the client's data under its new key opens.
+        client.writer().write_all(b"after").unwrap();
+        let records = client_output(&mut client);
+        let (opened, plaintext, answer) = open(&mut server, &records);
+        assert_eq!(opened.unwrap(), Opened::Consumed(records.len()));
+        assert_eq!(plaintext, b"after");
+        assert!(answer.is_empty(), "update_not_requested needs no answer");
+        assert_eq!(server.receive_seq, 1);
+    }
+
+    #[test]
+    fn a_tls12_send_key_at_its_limit_closes_the_session() {
+        let (mut server, mut client) = established(&rustls::version::TLS12);
+        assert_eq!(server.send_limit, 1 << 24);
+        server.send_limit = server.send_seq + 2;
+        let (sealed, first) = seal(&mut server, b"one");
+        assert!(matches!(sealed, Sealed::Data(_)));
+        let (sealed, second) = seal(&mut server, b"two");
+        assert!(matches!(sealed, Sealed::Closed(_)));
+        let (plaintext, closed) = client_reads(&mut client, &[first, second].concat());
+        assert_eq!(plaintext, b"one");
+        assert!(closed, "close_notify instead of \"two\"");
+        // Nothing more is sealed under that key.
+        let mut out = vec![0u8; 256];
+        assert!(server.seal(b"three", &mut out).is_err());
+    }
+
+    #[test]
+    fn a_key_update_the_client_requests_is_answered_under_the_old_key() {
+        let (mut server, mut client) = established(&rustls::version::TLS13);
+        // rustls's client asks for an update (update_requested).
+        client.refresh_traffic_keys().unwrap();
+        client.writer().write_all(b"new keys").unwrap();
+        let records = client_output(&mut client);
+        let (opened, plaintext, answer) = open(&mut server, &records);
+        assert_eq!(opened.unwrap(), Opened::Consumed(records.len()));
+        assert_eq!(plaintext, b"new keys");
+        assert!(!answer.is_empty(), "our KeyUpdate");
+        assert_eq!(server.send_seq, 0, "the send key moved on");
+        let (_, data) = seal(&mut server, b"under the new key");
+        let (plaintext, _) = client_reads(&mut client, &[answer, data].concat());
+        assert_eq!(plaintext, b"under the new key");
+    }
+
+    #[test]
+    fn a_record_that_does_not_open_is_a_fatal_bad_record_mac() {
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let (mut server, mut client) = established(version);
+            client.writer().write_all(b"tampered").unwrap();
+            let mut records = client_output(&mut client);
+            let last = records.len() - 1;
+            records[last] ^= 0x80;
+            let (opened, plaintext, alert) = open(&mut server, &records);
+            assert!(opened.is_err());
+            assert!(plaintext.is_empty());
+            // The client opens our alert: fatal bad_record_mac.
+            let mut input = &alert[..];
+            client.read_tls(&mut input).unwrap();
+            let error = client.process_new_packets().unwrap_err();
+            assert_eq!(
+                error,
+                rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+            );
+        }
+    }
+
+    #[test]
+    fn headers_are_judged_before_the_body_arrives() {
+        for (version, max) in [
+            (&rustls::version::TLS13, MAX_CIPHERTEXT_TLS13),
+            (&rustls::version::TLS12, MAX_CIPHERTEXT_TLS12),
+        ] {
+            let (mut server, _client) = established(version);
+            let mut header = vec![0x17, 0x03, 0x03];
+            header.extend_from_slice(&(max as u16).to_be_bytes());
+            let (opened, _, _) = open(&mut server, &header);
+            assert_eq!(opened.unwrap(), Opened::Consumed(0), "{max} bytes may come");
+            header[3..5].copy_from_slice(&(max as u16 + 1).to_be_bytes());
+            let (opened, _, alert) = open(&mut server, &header);
+            assert!(opened.is_err(), "{} bytes may not", max + 1);
+            assert!(!alert.is_empty(), "record_overflow");
+            for bad in [
+                [0x99, 0x03, 0x03, 0x00, 0x20],
+                [0x17, 0x02, 0x00, 0x00, 0x20],
+                [0x15, 0x03, 0x03, 0x00, 0x00],
+            ]
+            .iter()
+            .map(|header| header.to_vec())
+            .chain([vec![0x14, 0x03, 0x03, 0x00, 0x01, 0x01]])
+            {
+                let (mut server, _client) = established(version);
+                let (opened, _, alert) = open(&mut server, &bad);
+                assert!(opened.is_err(), "{bad:02x?}");
+                assert!(!alert.is_empty(), "{bad:02x?}: an alert");
+            }
+        }
+    }
 }
