@@ -408,7 +408,6 @@ impl Established {
                     return Err(silent("a second renegotiation request"));
                 }
                 self.renegotiations_left -= 1;
-                log::debug!("TLS 1.2 renegotiation refused");
                 match self.seal_onto(ContentType::Alert, &[WARNING, NO_RENEGOTIATION], outgoing)? {
                     Sealed::Data(_) => Ok(()),
                     Sealed::Closed(_) => Err(silent("the send key is used up")),
@@ -552,11 +551,9 @@ impl Established {
         let mut written = 0;
         if self.send_seq.saturating_add(1) >= self.send_limit {
             if !self.is_tls13() {
-                log::debug!("TLS 1.2 send key used up: closing the session");
                 let n = self.seal_raw(ContentType::Alert, &[WARNING, CLOSE_NOTIFY], out)?;
                 return Ok(Sealed::Closed(n));
             }
-            log::debug!("TLS 1.3 send key near its limit: updating it");
             written += self.seal_raw(
                 ContentType::Handshake,
                 &[KEY_UPDATE, 0, 0, 1, UPDATE_REQUESTED],
