@@ -987,6 +987,24 @@ struct RawSession {
     send_seq: u64,
     opener: Box<dyn rustls::crypto::cipher::MessageDecrypter>,
     receive_seq: u64,
+    /// TLS 1.3 sessions made by `with_key_updates`: rustls's client state that derives the
+    /// next traffic keys, and the suite that turns them into record keys.
+    kernel: Option<(
+        rustls::kernel::KernelConnection<rustls::client::ClientConnectionData>,
+        &'static rustls::Tls13CipherSuite,
+    )>,
+    /// KeyUpdates received from the server (taken in by `receive`).
+    server_key_updates: usize,
+}
+
+/// The AES-128-GCM key and IV of extracted traffic secrets.
+fn aes128(
+    secrets: rustls::ConnectionTrafficSecrets,
+) -> (rustls::crypto::cipher::AeadKey, rustls::crypto::cipher::Iv) {
+    match secrets {
+        rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (key, iv),
+        _ => panic!("not AES-128-GCM"),
+    }
 }
 
 impl RawSession {
@@ -1041,7 +1059,104 @@ impl RawSession {
             send_seq: secrets.tx.0,
             opener,
             receive_seq: secrets.rx.0,
+            kernel: None,
+            server_key_updates: 0,
         }
+    }
+
+    /// A TLS 1.3 session (AES-128-GCM) that can send and take KeyUpdates: the handshake by
+    /// rustls's unbuffered client, which then gives up its keys and a `KernelConnection` that
+    /// derives the next ones.
+    fn with_key_updates(pki: &TestPki, target: &TlsTarget) -> RawSession {
+        use rustls::client::UnbufferedClientConnection;
+        use rustls::crypto::ring::cipher_suite as ring;
+        use rustls::unbuffered::ConnectionState;
+        let suite = ring::TLS13_AES_128_GCM_SHA256;
+        let mut config = (*pki.client_config_with(&[&rustls::version::TLS13], vec![suite])).clone();
+        config.enable_secret_extraction = true;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = UnbufferedClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut socket = target.tcp();
+        let (mut incoming, mut outgoing) = (Vec::new(), Vec::new());
+        loop {
+            let status = conn.process_tls_records(&mut incoming);
+            let discard = status.discard;
+            let (mut read_more, mut done) = (false, false);
+            match status.state.expect("TLS handshake") {
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    let at = outgoing.len();
+                    outgoing.resize(at + 16 * 1024, 0);
+                    let n = encode.encode(&mut outgoing[at..]).unwrap();
+                    outgoing.truncate(at + n);
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    socket.write_all(&outgoing).unwrap();
+                    outgoing.clear();
+                    transmit.done();
+                }
+                ConnectionState::BlockedHandshake => read_more = true,
+                ConnectionState::WriteTraffic(_) => done = true,
+                _ => panic!("unexpected state in the handshake"),
+            }
+            incoming.drain(..discard);
+            if done {
+                assert!(incoming.is_empty());
+                break;
+            }
+            if read_more {
+                let mut buf = [0u8; 16 * 1024];
+                let n = socket.read(&mut buf).unwrap();
+                assert!(n > 0, "the server ended the handshake");
+                incoming.extend_from_slice(&buf[..n]);
+            }
+        }
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().unwrap();
+        let rustls::SupportedCipherSuite::Tls13(suite) = suite else {
+            unreachable!()
+        };
+        let (tx_key, tx_iv) = aes128(secrets.tx.1);
+        let (rx_key, rx_iv) = aes128(secrets.rx.1);
+        RawSession {
+            socket,
+            sealer: suite.aead_alg.encrypter(tx_key, tx_iv),
+            send_seq: secrets.tx.0,
+            opener: suite.aead_alg.decrypter(rx_key, rx_iv),
+            receive_seq: secrets.rx.0,
+            kernel: Some((kernel, suite)),
+            server_key_updates: 0,
+        }
+    }
+
+    /// Sends a KeyUpdate (RFC 8446 4.6.3) under the current key, then moves to the next one.
+    fn key_update(&mut self, request: u8) {
+        self.send(
+            rustls::ContentType::Handshake,
+            &[KEY_UPDATE, 0, 0, 1, request],
+        );
+        let (kernel, suite) = self.kernel.as_mut().expect("a session with key updates");
+        let (seq, secrets) = kernel.update_tx_secret().unwrap();
+        let (key, iv) = aes128(secrets);
+        self.sealer = suite.aead_alg.encrypter(key, iv);
+        self.send_seq = seq;
+    }
+
+    /// Sends `payload` as one record whose tag has a flipped bit.
+    fn send_tampered(&mut self, payload: &[u8]) {
+        use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+        let message = OutboundPlainMessage {
+            typ: rustls::ContentType::ApplicationData,
+            version: rustls::ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::Single(payload),
+        };
+        let mut record = self
+            .sealer
+            .encrypt(message, self.send_seq)
+            .unwrap()
+            .encode();
+        self.send_seq += 1;
+        let last = record.len() - 1;
+        record[last] ^= 0x01;
+        self.socket.write_all(&record).unwrap();
     }
 
     /// Seals one record of `typ` (any plaintext length, even one TLS forbids) and sends it.
@@ -1083,6 +1198,23 @@ impl RawSession {
         self.receive_seq += 1;
         // (TLS 1.3's inner content type is taken off by the decrypter.)
         let (typ, payload) = (opened.typ, opened.payload.to_vec());
+        // The server's KeyUpdate: its next records come under its next key.
+        if typ == rustls::ContentType::Handshake
+            && payload.len() == 5
+            && payload[..4] == [KEY_UPDATE, 0, 0, 1]
+            && let Some((kernel, suite)) = self.kernel.as_mut()
+        {
+            assert_eq!(
+                payload[4], UPDATE_NOT_REQUESTED,
+                "the server's answer asks nothing"
+            );
+            let (seq, secrets) = kernel.update_rx_secret().unwrap();
+            let (key, iv) = aes128(secrets);
+            self.opener = suite.aead_alg.decrypter(key, iv);
+            self.receive_seq = seq;
+            self.server_key_updates += 1;
+            return self.receive();
+        }
         Some((typ, payload))
     }
 
@@ -1150,10 +1282,18 @@ impl RawSession {
 /// TLS alert levels and descriptions (RFC 8446 6, RFC 5746 for no_renegotiation).
 const WARNING: u8 = 1;
 const FATAL: u8 = 2;
+const CLOSE_NOTIFY: u8 = 0;
 const UNEXPECTED_MESSAGE: u8 = 10;
+const BAD_RECORD_MAC: u8 = 20;
 const RECORD_OVERFLOW: u8 = 22;
+const ILLEGAL_PARAMETER: u8 = 47;
 const DECODE_ERROR: u8 = 50;
+const USER_CANCELED: u8 = 90;
 const NO_RENEGOTIATION: u8 = 100;
+/// The KeyUpdate handshake message and its requests (RFC 8446 4.6.3).
+const KEY_UPDATE: u8 = 24;
+const UPDATE_NOT_REQUESTED: u8 = 0;
+const UPDATE_REQUESTED: u8 = 1;
 
 /// The handshake message of a real ClientHello (the record header taken off), as a client
 /// that renegotiates sends it inside its encrypted session.
@@ -1268,4 +1408,213 @@ fn oversized_records_get_a_fatal_alert_and_the_server_goes_on() {
         assert_eq!(next_text(&mut b), note);
     }
     assert_eq!(target.get("/healthz").status, 200);
+}
+
+impl RawSession {
+    /// Upgrades the session to a WebSocket in `path`'s room.
+    fn upgrade(&mut self, path: &str) {
+        self.send(
+            rustls::ContentType::ApplicationData,
+            upgrade_request(path).as_bytes(),
+        );
+        assert!(self.receive_response().starts_with("HTTP/1.1 101"));
+    }
+
+    /// Sends a short text message as one masked frame (a zero mask).
+    fn send_text(&mut self, text: &str) {
+        assert!(text.len() < 126);
+        let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(text.as_bytes());
+        self.send(rustls::ContentType::ApplicationData, &frame);
+    }
+
+    /// The next short text message from the server.
+    fn receive_text(&mut self) -> String {
+        let mut bytes = Vec::new();
+        loop {
+            if bytes.len() >= 2 && bytes.len() >= 2 + usize::from(bytes[1]) {
+                assert_eq!(bytes[0], 0x81, "a whole text frame");
+                return String::from_utf8(bytes[2..2 + usize::from(bytes[1])].to_vec()).unwrap();
+            }
+            match self.receive() {
+                Some((rustls::ContentType::ApplicationData, data)) => {
+                    bytes.extend_from_slice(&data)
+                }
+                other => panic!("expected a frame, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// The client moves its keys on in both modes of RFC 8446 4.6.3, sent by hand: with
+/// update_not_requested the server only follows (no KeyUpdate back), with update_requested
+/// it answers with its own KeyUpdate before its next record. Requests and the relay go on
+/// under the new keys both ways.
+#[test]
+fn tls13_key_updates_in_both_modes_keep_the_session_and_the_relay() {
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(&pki, tls_config(&pair));
+    let mut raw = RawSession::with_key_updates(&pki, &target);
+    assert!(raw.http_status_line("/healthz").ends_with("200 OK"));
+
+    raw.key_update(UPDATE_NOT_REQUESTED);
+    assert!(raw.http_status_line("/healthz").ends_with("200 OK"));
+    assert_eq!(
+        raw.server_key_updates, 0,
+        "update_not_requested is not answered"
+    );
+
+    raw.key_update(UPDATE_REQUESTED);
+    assert!(raw.http_status_line("/healthz").ends_with("200 OK"));
+    assert_eq!(
+        raw.server_key_updates, 1,
+        "the server's KeyUpdate came first"
+    );
+
+    let mut other = target.client("/ku");
+    raw.upgrade("/ku");
+    wait_members(&target, 2);
+    for round in 0..3 {
+        raw.key_update(if round % 2 == 0 {
+            UPDATE_REQUESTED
+        } else {
+            UPDATE_NOT_REQUESTED
+        });
+        raw.send_text(&format!("from raw {round}"));
+        assert_eq!(next_text(&mut other), format!("from raw {round}"));
+        other
+            .send(Message::text(format!("to raw {round}")))
+            .unwrap();
+        assert_eq!(raw.receive_text(), format!("to raw {round}"));
+    }
+    assert_eq!(raw.server_key_updates, 3);
+}
+
+/// A fresh session of `version` that has been served once.
+fn served(pki: &TestPki, target: &TlsTarget, version: rustls::ProtocolVersion) -> RawSession {
+    let mut raw = RawSession::new(pki, target, version);
+    assert!(raw.http_status_line("/healthz").ends_with("200 OK"));
+    raw
+}
+
+/// What a client may not send after the handshake, in both versions: each gets its fatal
+/// alert (encrypted) and the end of the connection, and everyone else is served. What it may
+/// send (a TLS 1.2 warning, user_canceled in TLS 1.3, empty records up to a bound) is passed
+/// over.
+#[test]
+fn bad_records_after_the_handshake_get_their_fatal_alert() {
+    use rustls::ContentType::{Alert, ApplicationData, Handshake};
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(&pki, tls_config(&pair));
+    let mut a = target.client("/bad");
+    let mut b = target.client("/bad");
+    wait_members(&target, 2);
+    for version in [
+        rustls::ProtocolVersion::TLSv1_2,
+        rustls::ProtocolVersion::TLSv1_3,
+    ] {
+        let mut raw = served(&pki, &target, version);
+        raw.send_tampered(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        raw.expect_alert(FATAL, &[BAD_RECORD_MAC], "a bad tag");
+        raw.expect_end("a bad tag");
+
+        let mut raw = served(&pki, &target, version);
+        let mut garbage = vec![0x17, 0x03, 0x03, 0x01, 0x00];
+        garbage.extend((0..=255u8).map(|i| i.wrapping_mul(167)));
+        raw.socket.write_all(&garbage).unwrap();
+        raw.expect_alert(FATAL, &[BAD_RECORD_MAC], "a garbage record");
+        raw.expect_end("a garbage record");
+
+        let mut raw = served(&pki, &target, version);
+        raw.socket
+            .write_all(&[0x14, 0x03, 0x03, 0x00, 0x01, 0x01])
+            .unwrap();
+        raw.expect_alert(FATAL, &[UNEXPECTED_MESSAGE], "a ChangeCipherSpec");
+        raw.expect_end("a ChangeCipherSpec");
+
+        let mut raw = served(&pki, &target, version);
+        raw.socket
+            .write_all(&[0x99, 0x03, 0x03, 0x00, 0x01, 0x01])
+            .unwrap();
+        // (rustls says decode_error; RFC 8446 5 asks for unexpected_message.)
+        raw.expect_alert(
+            FATAL,
+            &[UNEXPECTED_MESSAGE, DECODE_ERROR],
+            "an unknown record type",
+        );
+        raw.expect_end("an unknown record type");
+
+        // A Finished after the handshake.
+        let mut raw = served(&pki, &target, version);
+        raw.send(
+            Handshake,
+            &[20, 0, 0, 12, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        );
+        raw.expect_alert(FATAL, &[UNEXPECTED_MESSAGE], "a Finished");
+        raw.expect_end("a Finished");
+
+        // A fatal alert from the client ends the session without an answer.
+        let mut raw = served(&pki, &target, version);
+        raw.send(Alert, &[FATAL, 40]);
+        raw.expect_end("a fatal alert");
+
+        // Empty records: 32 in a row are passed over, the 33rd ends the session (rustls).
+        let mut raw = served(&pki, &target, version);
+        for _ in 0..32 {
+            raw.send(ApplicationData, &[]);
+        }
+        assert!(raw.http_status_line("/healthz").ends_with("200 OK"));
+        for _ in 0..33 {
+            raw.send(ApplicationData, &[]);
+        }
+        raw.expect_alert(FATAL, &[UNEXPECTED_MESSAGE], "33 empty records");
+        raw.expect_end("33 empty records");
+
+        // close_notify: the server ends too.
+        let mut raw = served(&pki, &target, version);
+        raw.send(Alert, &[WARNING, CLOSE_NOTIFY]);
+        match raw.receive() {
+            Some((Alert, alert)) => assert_eq!(alert, [WARNING, CLOSE_NOTIFY]),
+            None => {}
+            other => panic!("after close_notify: {other:?}"),
+        }
+        raw.expect_end("close_notify");
+
+        let note = format!("after bad records over {version:?}");
+        a.send(Message::text(note.clone())).unwrap();
+        assert_eq!(next_text(&mut b), note);
+    }
+
+    // TLS 1.2: a warning is passed over.
+    let mut raw = served(&pki, &target, rustls::ProtocolVersion::TLSv1_2);
+    raw.send(Alert, &[WARNING, USER_CANCELED]);
+    assert!(raw.http_status_line("/healthz").ends_with("200 OK"));
+    // TLS 1.3: user_canceled too, any other warning is fatal (RFC 8446 6).
+    let mut raw = served(&pki, &target, rustls::ProtocolVersion::TLSv1_3);
+    raw.send(Alert, &[WARNING, USER_CANCELED]);
+    assert!(raw.http_status_line("/healthz").ends_with("200 OK"));
+    raw.send(Alert, &[WARNING, 42]);
+    raw.expect_alert(FATAL, &[DECODE_ERROR], "a TLS 1.3 warning");
+    raw.expect_end("a TLS 1.3 warning");
+
+    // TLS 1.3 KeyUpdates that break the rules: an unknown request, and one that is not the
+    // last message of its record (RFC 8446 5.1).
+    let mut raw = served(&pki, &target, rustls::ProtocolVersion::TLSv1_3);
+    raw.send(Handshake, &[KEY_UPDATE, 0, 0, 1, 2]);
+    raw.expect_alert(FATAL, &[ILLEGAL_PARAMETER], "KeyUpdate(2)");
+    raw.expect_end("KeyUpdate(2)");
+    let mut raw = served(&pki, &target, rustls::ProtocolVersion::TLSv1_3);
+    raw.send(Handshake, &[KEY_UPDATE, 0, 0, 1, 0, KEY_UPDATE, 0, 0, 1, 0]);
+    raw.expect_alert(FATAL, &[UNEXPECTED_MESSAGE], "two KeyUpdates in a record");
+    raw.expect_end("two KeyUpdates in a record");
+    // A KeyUpdate in TLS 1.2 is just an unexpected message.
+    let mut raw = served(&pki, &target, rustls::ProtocolVersion::TLSv1_2);
+    raw.send(Handshake, &[KEY_UPDATE, 0, 0, 1, 0]);
+    raw.expect_alert(FATAL, &[UNEXPECTED_MESSAGE], "a TLS 1.2 KeyUpdate");
+    raw.expect_end("a TLS 1.2 KeyUpdate");
+
+    a.send(Message::text("after all")).unwrap();
+    assert_eq!(next_text(&mut b), "after all");
 }

@@ -13,7 +13,8 @@
 //! `Tls12AeadAlgorithm`, `MessageEncrypter`, `MessageDecrypter`), and the record formats below
 //! are those of rustls's own ring glue (`rustls/src/crypto/ring/tls13.rs`, `tls12.rs`) line for
 //! line: RFC 8446 5.2 for TLS 1.3, RFC 5288 (GCM, explicit nonce) and RFC 7905 (ChaCha20-Poly1305)
-//! for TLS 1.2. The key schedule, the sequence numbers and the record layer stay rustls's.
+//! for TLS 1.2. The key schedule stays rustls's; rustls runs the record layer during the handshake,
+//! `super::records` after it, both with these keys.
 
 use std::sync::OnceLock;
 
