@@ -507,27 +507,19 @@ impl TlsSession {
                 "TLS session closed for writing",
             ));
         }
-        let mut taken = 0;
-        let mut pending_slices = slices.iter().map(|s| &s[..]).filter(|s| !s.is_empty());
-        let mut current: &[u8] = pending_slices.next().unwrap_or_default();
-        while !current.is_empty() {
+        let mut plaintext = Plaintext::new(slices);
+        while !plaintext.is_empty() {
             // Fill one send chunk with whole records.
             let mut used = 0;
             let mut closed = false;
-            while !current.is_empty() && SEND_CHUNK - used >= MAX_RECORD {
-                let piece = &current[..current.len().min(PLAINTEXT_PER_RECORD)];
-                match self.encrypt(piece, &mut chunk[used..], held)? {
+            while !plaintext.is_empty() && SEND_CHUNK - used >= MAX_RECORD {
+                match self.encrypt(&mut plaintext, &mut chunk[used..], held)? {
                     Sealed::Data(written) => used += written,
                     Sealed::Closed(written) => {
                         used += written;
                         closed = true;
                         break;
                     }
-                }
-                taken += piece.len();
-                current = &current[piece.len()..];
-                if current.is_empty() {
-                    current = pending_slices.next().unwrap_or_default();
                 }
             }
             if closed {
@@ -545,23 +537,35 @@ impl TlsSession {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         held.outgoing.extend_from_slice(&chunk[sent..used]);
-                        return Ok(taken);
+                        return Ok(plaintext.taken);
                     }
                     Err(e) => return Err(e),
                 }
             }
         }
-        Ok(taken)
+        Ok(plaintext.taken)
     }
 
-    /// Encrypts one piece of plaintext (at most one record's worth) into `out`, by the record
-    /// layer or by rustls, whichever runs the session.
-    fn encrypt(&mut self, piece: &[u8], out: &mut [u8], held: &mut Held) -> io::Result<Sealed> {
+    /// Encrypts the next record's worth of `plaintext` into `out`, by the record layer or by
+    /// rustls, whichever runs the session. The record layer gathers a record from as many
+    /// slices as fill it (a fan-out queues one slice per message of 2 KiB or more), written
+    /// once, in place; rustls takes one slice at a time and copies it itself.
+    fn encrypt(
+        &mut self,
+        plaintext: &mut Plaintext<'_, '_>,
+        out: &mut [u8],
+        held: &mut Held,
+    ) -> io::Result<Sealed> {
         match &mut self.phase {
             Phase::Established(established) => established
-                .seal(piece, out)
+                .seal_with(out, |room| plaintext.gather(room))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-            Phase::Rustls(conn) => rustls_encrypt(conn, piece, out, held).map(Sealed::Data),
+            Phase::Rustls(conn) => {
+                let piece = plaintext.peek(PLAINTEXT_PER_RECORD);
+                let sealed = rustls_encrypt(conn, piece, out, held)?;
+                plaintext.advance(piece.len());
+                Ok(Sealed::Data(sealed))
+            }
             Phase::Gone => Err(io::ErrorKind::InvalidData.into()),
         }
     }
@@ -665,6 +669,66 @@ fn rustls_close_notify(conn: &mut UnbufferedServerConnection, held: &mut Held) {
     }
     incoming.drain(..discard);
     held.incoming = incoming;
+}
+
+/// The plaintext of one `write_vectored` call, taken from the front: the caller's slices and
+/// how much of them has been sealed.
+struct Plaintext<'s, 'a> {
+    slices: &'s [IoSlice<'a>],
+    /// The unsealed rest of `slices[0]`.
+    current: &'s [u8],
+    /// Bytes sealed so far (what `write_vectored` reports).
+    taken: usize,
+}
+
+impl<'s, 'a> Plaintext<'s, 'a> {
+    fn new(slices: &'s [IoSlice<'a>]) -> Self {
+        let mut plaintext = Plaintext {
+            slices,
+            current: &[],
+            taken: 0,
+        };
+        plaintext.skip_empty();
+        plaintext
+    }
+
+    fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+
+    /// Moves to the next non-empty slice once the current one is used up.
+    fn skip_empty(&mut self) {
+        while self.current.is_empty() {
+            let Some((first, rest)) = self.slices.split_first() else {
+                return;
+            };
+            self.current = first;
+            self.slices = rest;
+        }
+    }
+
+    /// Up to `max` bytes of the current slice, not yet taken.
+    fn peek(&self, max: usize) -> &'s [u8] {
+        &self.current[..self.current.len().min(max)]
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.current = &self.current[n..];
+        self.taken += n;
+        self.skip_empty();
+    }
+
+    /// Copies as much as fits into `room`, across slices; returns how much.
+    fn gather(&mut self, room: &mut [u8]) -> usize {
+        let mut filled = 0;
+        while !self.is_empty() && filled < room.len() {
+            let piece = self.peek(room.len() - filled);
+            room[filled..filled + piece.len()].copy_from_slice(piece);
+            filled += piece.len();
+            self.advance(piece.len());
+        }
+        filled
+    }
 }
 
 /// Appends an encoded handshake record to `outgoing`, growing it to the size rustls asks for.

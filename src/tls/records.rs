@@ -39,16 +39,15 @@
 
 use std::fmt;
 
-use rustls::crypto::cipher::{
-    AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks,
-    OutboundPlainMessage,
-};
+use rustls::crypto::cipher::{AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter};
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{
     ConnectionTrafficSecrets, ContentType, Error, ExtractedSecrets, ProtocolVersion,
     SupportedCipherSuite,
 };
+
+use super::record_keys::RecordSealer;
 
 /// A record's header: type, version, length.
 const HEADER_LEN: usize = 5;
@@ -154,7 +153,7 @@ enum Version {
 /// An established session's record layer (see the module doc).
 pub struct Established {
     version: Version,
-    sealer: Box<dyn MessageEncrypter>,
+    sealer: RecordSealer,
     /// The sequence number of the next record sealed.
     send_seq: u64,
     /// The first sequence number the send key must not reach: the suite's confidentiality
@@ -185,7 +184,7 @@ impl Established {
         let (receive_seq, receive) = secrets.rx;
         Ok(Established {
             version,
-            sealer: sealer(suite, send)?,
+            sealer: RecordSealer::new(suite, send)?,
             send_seq,
             send_limit: send_limit(suite),
             opener: opener(suite, receive)?,
@@ -453,7 +452,7 @@ impl Established {
     fn update_send_key(&mut self, request: u8, out: &mut Vec<u8>) -> Result<(), Fatal> {
         let message = [KEY_UPDATE, 0, 0, 1, request];
         let at = out.len();
-        out.resize(at + record_room(&*self.sealer, message.len()), 0);
+        out.resize(at + self.sealer.overhead() + message.len(), 0);
         let written = self.seal_raw(ContentType::Handshake, &message, &mut out[at..]);
         out.truncate(at + written.as_ref().map_or(0, |n| *n));
         written?;
@@ -467,7 +466,7 @@ impl Established {
         let (seq, secrets) = kernel
             .update_tx_secret()
             .map_err(|_| fatal(INTERNAL_ERROR, "no next send key"))?;
-        self.sealer = sealer(kernel.negotiated_cipher_suite(), secrets)
+        self.sealer = RecordSealer::new(kernel.negotiated_cipher_suite(), secrets)
             .map_err(|_| fatal(INTERNAL_ERROR, "no next send key"))?;
         self.send_seq = seq;
         Ok(())
@@ -477,15 +476,30 @@ impl Established {
     /// after our KeyUpdate if the send key would otherwise reach its limit (TLS 1.3), or
     /// close_notify instead of it (TLS 1.2). `out` must have `room(payload.len())` bytes;
     /// less is an error, never a panic.
+    #[cfg(test)]
     pub fn seal(&mut self, payload: &[u8], out: &mut [u8]) -> Result<Sealed, Failure> {
-        self.seal_with_limit(ContentType::ApplicationData, payload, out)
+        self.seal_with_limit(ContentType::ApplicationData, out, copy_of(payload))
+            .map_err(|fatal| Failure(fatal.why))
+    }
+
+    /// `seal`, with the plaintext written by `fill` straight into its place in the record:
+    /// `fill` is given room for the record's plaintext (at most 2^14 bytes, less when `out`
+    /// is shorter) and returns how much it wrote. One copy of each byte, however many pieces
+    /// the record gathers (the fan-out's many messages), and no buffer of its own. `out`
+    /// should have `room(16 KiB)` bytes.
+    pub fn seal_with(
+        &mut self,
+        out: &mut [u8],
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<Sealed, Failure> {
+        self.seal_with_limit(ContentType::ApplicationData, out, |room| Some(fill(room)))
             .map_err(|fatal| Failure(fatal.why))
     }
 
     /// Room to seal `payload_len` bytes of plaintext: its record, and our KeyUpdate before it
     /// when the send key is used up.
     pub fn room(&self, payload_len: usize) -> usize {
-        record_room(&*self.sealer, payload_len) + record_room(&*self.sealer, KEY_UPDATE_LEN)
+        payload_len + KEY_UPDATE_LEN + 2 * self.sealer.overhead()
     }
 
     /// Seals our close_notify onto `outgoing` (it may take the key's last sequence number).
@@ -511,7 +525,7 @@ impl Established {
         outgoing: &mut Vec<u8>,
     ) -> Result<(), Fatal> {
         let at = outgoing.len();
-        outgoing.resize(at + record_room(&*self.sealer, 2), 0);
+        outgoing.resize(at + self.sealer.overhead() + 2, 0);
         let written = self.seal_raw(
             ContentType::Alert,
             &[level, description],
@@ -530,7 +544,7 @@ impl Established {
     ) -> Result<Sealed, Fatal> {
         let at = outgoing.len();
         outgoing.resize(at + self.room(payload.len()), 0);
-        let sealed = self.seal_with_limit(typ, payload, &mut outgoing[at..]);
+        let sealed = self.seal_with_limit(typ, &mut outgoing[at..], copy_of(payload));
         let written = match &sealed {
             Ok(Sealed::Data(n) | Sealed::Closed(n)) => *n,
             Err(_) => 0,
@@ -541,12 +555,13 @@ impl Established {
 
     /// The confidentiality limit (rustls's `PreEncryptAction::RefreshOrClose`): a record that
     /// is not the key's last must leave it one more sequence number, for our KeyUpdate (TLS
-    /// 1.3) or close_notify (TLS 1.2).
+    /// 1.3) or close_notify (TLS 1.2). The record's plaintext is written by `fill` into the
+    /// room it is given (None: it does not fit, an error).
     fn seal_with_limit(
         &mut self,
         typ: ContentType,
-        payload: &[u8],
         out: &mut [u8],
+        fill: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> Result<Sealed, Fatal> {
         let mut written = 0;
         if self.send_seq.saturating_add(1) >= self.send_limit {
@@ -561,7 +576,18 @@ impl Established {
             )?;
             self.next_send_key()?;
         }
-        written += self.seal_raw(typ, payload, &mut out[written..])?;
+        let record = &mut out[written..];
+        let offset = self.sealer.payload_offset();
+        let room = record
+            .len()
+            .saturating_sub(self.sealer.overhead())
+            .min(MAX_FRAGMENT);
+        let filled = record
+            .get_mut(offset..offset + room)
+            .and_then(fill)
+            .filter(|&n| n <= room)
+            .ok_or_else(|| silent("no room to seal a record"))?;
+        written += self.seal_written(typ, filled, record)?;
         Ok(Sealed::Data(written))
     }
 
@@ -573,7 +599,23 @@ impl Established {
         payload: &[u8],
         out: &mut [u8],
     ) -> Result<usize, Fatal> {
-        if payload.len() > MAX_FRAGMENT {
+        let offset = self.sealer.payload_offset();
+        let Some(plain) = out.get_mut(offset..offset + payload.len()) else {
+            return Err(silent("no room to seal a record"));
+        };
+        plain.copy_from_slice(payload);
+        self.seal_written(typ, payload.len(), out)
+    }
+
+    /// Seals the `payload_len` bytes of plaintext already at `out[payload_offset..]` as one
+    /// record at the next sequence number; returns its length.
+    fn seal_written(
+        &mut self,
+        typ: ContentType,
+        payload_len: usize,
+        out: &mut [u8],
+    ) -> Result<usize, Fatal> {
+        if payload_len > MAX_FRAGMENT {
             return Err(fatal(
                 INTERNAL_ERROR,
                 "a record of more than 16 KiB to seal",
@@ -582,33 +624,22 @@ impl Established {
         if self.send_seq >= self.send_limit {
             return Err(fatal(INTERNAL_ERROR, "the send key is used up"));
         }
-        let len = HEADER_LEN + self.sealer.encrypted_payload_len(payload.len());
-        let Some(out) = out.get_mut(..len) else {
-            return Err(silent("no room to seal a record"));
-        };
-        let message = OutboundPlainMessage {
-            typ,
-            // TLS 1.3 writes TLS 1.2 outside whatever it is told (RFC 8446 5.1).
-            version: ProtocolVersion::TLSv1_2,
-            payload: OutboundChunks::Single(payload),
-        };
-        let record = self
+        let len = self
             .sealer
-            .encrypt(message, self.send_seq)
-            .map_err(|_| silent("a record could not be sealed"))?
-            .encode();
-        if record.len() != len {
-            return Err(silent("a sealed record of an unexpected length"));
-        }
-        out.copy_from_slice(&record);
+            .seal_in_place(self.send_seq, typ, payload_len, out)
+            .map_err(|_| silent("a record could not be sealed"))?;
         self.send_seq += 1;
         Ok(len)
     }
 }
 
-/// Room to seal a record of `payload_len` bytes of plaintext.
-fn record_room(sealer: &dyn MessageEncrypter, payload_len: usize) -> usize {
-    HEADER_LEN + sealer.encrypted_payload_len(payload_len)
+/// A `fill` for `seal_with_limit` that copies `payload`, or refuses if it does not fit.
+fn copy_of(payload: &[u8]) -> impl FnOnce(&mut [u8]) -> Option<usize> + '_ {
+    move |room| {
+        let place = room.get_mut(..payload.len())?;
+        place.copy_from_slice(payload);
+        Some(payload.len())
+    }
 }
 
 /// The send key's limit: the suite's confidentiality limit, and never past rustls's ceiling.
@@ -645,24 +676,8 @@ fn key_and_iv(secrets: ConnectionTrafficSecrets) -> Result<(AeadKey, Iv), Error>
     }
 }
 
-/// The suite's record sealer for `secrets`. TLS 1.2's 12-byte IV is the key block's fixed IV
+/// The suite's record opener for `secrets`. TLS 1.2's 12-byte IV is the key block's fixed IV
 /// followed by its explicit nonce part (what `Tls12AeadAlgorithm::extract_keys` joined).
-fn sealer(
-    suite: SupportedCipherSuite,
-    secrets: ConnectionTrafficSecrets,
-) -> Result<Box<dyn MessageEncrypter>, Error> {
-    let (key, iv) = key_and_iv(secrets)?;
-    Ok(match suite {
-        SupportedCipherSuite::Tls13(s) => s.aead_alg.encrypter(key, iv),
-        SupportedCipherSuite::Tls12(s) => {
-            let fixed = s.aead_alg.key_block_shape().fixed_iv_len;
-            let (fixed_iv, explicit) = iv.as_ref().split_at(fixed.min(iv.as_ref().len()));
-            s.aead_alg.encrypter(key, fixed_iv, explicit)
-        }
-    })
-}
-
-/// The suite's record opener for `secrets` (see `sealer`).
 fn opener(
     suite: SupportedCipherSuite,
     secrets: ConnectionTrafficSecrets,
