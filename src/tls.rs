@@ -789,8 +789,10 @@ mod tests {
     #[test]
     fn an_established_session_is_small() {
         // rustls's 1,088-byte connection is boxed in the handshake phase and gone after it:
-        // what a `Box<TlsSession>` holds inline for every connection stays under 100 bytes.
+        // what a `Box<TlsSession>` holds inline for every connection stays under 150 bytes
+        // (the send key's 56 bytes among them: inline, it costs less than a boxed trait object
+        // and its allocation).
         let size = size_of::<super::TlsSession>();
-        assert!(size <= 96, "TlsSession is {size} bytes");
+        assert!(size <= 144, "TlsSession is {size} bytes");
     }
 }

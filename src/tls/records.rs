@@ -200,13 +200,14 @@ impl Established {
         matches!(self.version, Version::Tls13(_))
     }
 
-    /// Heap this session holds beyond its place in `TlsSession`: two record keys (56 bytes
-    /// each, `record_keys`) and, for TLS 1.3, the `KernelConnection` and rustls's traffic
+    /// Heap this session holds beyond its place in `TlsSession`: the receive key (56 bytes,
+    /// `record_keys`) and, for TLS 1.3, the `KernelConnection` and rustls's traffic
     /// state inside it (224 bytes, heaptrack).
     pub fn heap_bytes(&self) -> usize {
+        // The receive key's opener (the send key's sealer is inline).
         const RECORD_KEY: usize = 64;
         const TLS13_TRAFFIC_STATE: usize = 224;
-        2 * RECORD_KEY
+        RECORD_KEY
             + match self.version {
                 Version::Tls12 => 0,
                 Version::Tls13(_) => {
