@@ -275,6 +275,15 @@ impl TlsSession {
         held: &mut Held,
     ) -> io::Result<usize> {
         loop {
+            if self.failed {
+                // What a failed read decrypted before the bad record is not handed out later:
+                // the reader would see the stream with a gap in it.
+                held.plaintext = Vec::new();
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS session failed",
+                ));
+            }
             if !held.plaintext.is_empty() {
                 let n = out.len().min(held.plaintext.len());
                 out[..n].copy_from_slice(&held.plaintext[..n]);
@@ -283,12 +292,6 @@ impl TlsSession {
                     held.plaintext = Vec::new();
                 }
                 return Ok(n);
-            }
-            if self.failed {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "TLS session failed",
-                ));
             }
             if self.peer_closed {
                 return Ok(0);
@@ -386,11 +389,15 @@ impl TlsSession {
             ));
         };
         let mut start = 0;
+        // rustls is given whole records one at a time, so that it stops at the record that
+        // completes the handshake: a post-handshake record it handled itself (a KeyUpdate)
+        // could leave state the conversion drops (its queued KeyUpdate answer).
+        let mut end = record_end(records, 0);
         let mut produced = 0;
         // rustls's last word: established, with nothing to send or hand over.
         let mut traffic;
         loop {
-            let status = conn.process_tls_records(&mut records[start..]);
+            let status = conn.process_tls_records(&mut records[start..end]);
             let discard = status.discard;
             traffic = false;
             let step = match status.state {
@@ -431,13 +438,25 @@ impl TlsSession {
             };
             start += discard;
             if let Step::Wait = step {
+                if traffic && !conn.is_handshaking() && start == end {
+                    break;
+                }
+                if end < records.len() && !self.peer_closed {
+                    end = record_end(records, end);
+                    continue;
+                }
                 break;
             }
         }
-        if start < records.len() {
-            held.incoming = records[start..].to_vec();
-        } else if traffic && !conn.is_handshaking() {
+        if traffic && !conn.is_handshaking() && start == end {
             self.establish();
+            if end < records.len() && matches!(self.phase, Phase::Established(_)) {
+                let rest = &mut records[end..];
+                let (out_rest, before) = (&mut out[produced..], produced);
+                return Ok(before + self.open(socket, rest, out_rest, held)?);
+            }
+        } else if start < records.len() {
+            held.incoming = records[start..].to_vec();
         }
         Ok(produced)
     }
@@ -587,6 +606,17 @@ impl TlsSession {
             }
         }
         matches!(send(socket, &mut held.outgoing), Ok(true) | Err(_))
+    }
+}
+
+/// The end of the record at `from` in `records`, or the end of `records` if it is not whole.
+fn record_end(records: &[u8], from: usize) -> usize {
+    match records.get(from..from + 5) {
+        Some(header) => {
+            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            (from + 5 + len).min(records.len())
+        }
+        None => records.len(),
     }
 }
 

@@ -1618,3 +1618,58 @@ fn bad_records_after_the_handshake_get_their_fatal_alert() {
     a.send(Message::text("after all")).unwrap();
     assert_eq!(next_text(&mut b), "after all");
 }
+
+/// A client's KeyUpdate(update_requested) in the same flight as its Finished: rustls handled it
+/// before the conversion and kept its answer where the conversion dropped it, and the server's
+/// next records were under a key the client was never told of (review, 2026-12-08). rustls
+/// now gets one record at a time and the session is converted at the Finished.
+#[test]
+fn a_key_update_sent_with_the_finished_is_answered() {
+    use rustls::crypto::ring::cipher_suite as ring;
+    let pki = TestPki::new();
+    let pair = pki.issue("server", KeyKind::EcdsaP256);
+    let (_server, target) = start_tls(&pki, tls_config(&pair));
+    let config = pki.client_config_with(
+        &[&rustls::version::TLS13],
+        vec![ring::TLS13_AES_128_GCM_SHA256],
+    );
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut sock = target.tcp();
+    while conn.is_handshaking() {
+        while conn.wants_write() {
+            conn.write_tls(&mut sock).unwrap();
+        }
+        if conn.is_handshaking() {
+            conn.read_tls(&mut sock).unwrap();
+            conn.process_new_packets().unwrap();
+        }
+    }
+    // Finished is queued, not sent yet: the KeyUpdate and the request go with it.
+    conn.refresh_traffic_keys().unwrap();
+    conn.writer()
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut flight = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut flight).unwrap();
+    }
+    sock.write_all(&flight).unwrap();
+    let mut response = Vec::new();
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        assert!(
+            conn.read_tls(&mut sock).unwrap() > 0,
+            "the server ended the session"
+        );
+        conn.process_new_packets()
+            .expect("the server's records open");
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.reader().read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert!(response.starts_with(b"HTTP/1.1 200"));
+}

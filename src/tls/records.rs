@@ -166,6 +166,10 @@ pub struct Established {
     warnings_left: u8,
     key_updates_left: u8,
     renegotiations_left: u8,
+    /// Our KeyUpdate answered the peer's request and no application data went since: a
+    /// further request while we are silent gets no second answer (RFC 8446 4.6.3; rustls's
+    /// `should_update_key`).
+    key_update_answered: bool,
 }
 
 impl Established {
@@ -193,6 +197,7 @@ impl Established {
             warnings_left: MAX_WARNING_ALERTS,
             key_updates_left: MAX_KEY_UPDATES,
             renegotiations_left: MAX_RENEGOTIATIONS,
+            key_update_answered: false,
         })
     }
 
@@ -432,7 +437,8 @@ impl Established {
             return Err(silent("too many KeyUpdates without application data"));
         }
         self.key_updates_left -= 1;
-        if request == UPDATE_REQUESTED {
+        if request == UPDATE_REQUESTED && !self.key_update_answered {
+            self.key_update_answered = true;
             // "...it MUST send a KeyUpdate with request_update set to update_not_requested
             // prior to sending its next Application Data record" (RFC 8446 4.6.3).
             self.update_send_key(UPDATE_NOT_REQUESTED, outgoing)?;
@@ -589,6 +595,9 @@ impl Established {
             .filter(|&n| n <= room)
             .ok_or_else(|| silent("no room to seal a record"))?;
         written += self.seal_written(typ, filled, record)?;
+        if typ == ContentType::ApplicationData {
+            self.key_update_answered = false;
+        }
         Ok(Sealed::Data(written))
     }
 
@@ -958,5 +967,34 @@ mod tests {
                 assert!(!alert.is_empty(), "{bad:02x?}: an alert");
             }
         }
+    }
+
+    /// RFC 8446 4.6.3 ("an implementation which receives multiple KeyUpdates while it is
+    /// silent [responds] with a single update"; rustls: `should_update_key`). Answered each,
+    /// 32 requests per byte of application data from a client that reads nothing made the
+    /// server owe it about as many bytes as it sent (86 400 here; review, 2026-12-08).
+    #[test]
+    fn key_update_requests_while_silent_are_answered_once() {
+        let (mut server, mut client) = established(&rustls::version::TLS13);
+        let (mut sent, mut answered) = (0usize, 0usize);
+        for _ in 0..100 {
+            client.writer().write_all(b"x").unwrap();
+            for _ in 0..32 {
+                client.refresh_traffic_keys().unwrap();
+            }
+            let records = client_output(&mut client);
+            sent += records.len();
+            let (opened, _, answer) = open(&mut server, &records);
+            opened.unwrap();
+            answered += answer.len();
+        }
+        assert!(
+            sent > 100 * 32 * 20,
+            "the client sent its requests ({sent} bytes)"
+        );
+        assert!(
+            answered <= 100 * 27,
+            "{answered} bytes of KeyUpdates owed to a silent peer"
+        );
     }
 }
