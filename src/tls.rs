@@ -467,7 +467,10 @@ impl TlsSession {
     /// discarded (it decrypts in the caller's buffer and may keep a partial handshake message
     /// there, so a conversion with undiscarded bytes could lose or misread them). What the
     /// socket has not taken yet (`held.outgoing`) is already sealed, and its sequence numbers
-    /// are counted in the secrets.
+    /// are counted in the secrets. `process` gives rustls one record at a time so that this
+    /// happens at the record that completes the handshake: a post-handshake record rustls
+    /// handled itself could leave state the conversion drops (a KeyUpdate's answer, which
+    /// rustls queues where the conversion does not look).
     ///
     /// The conversion takes the rustls session by value: if rustls refuses after all, there
     /// is no session to go back to, and this one ends (`Phase::Gone`, reads and writes fail).

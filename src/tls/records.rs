@@ -20,9 +20,10 @@
 //!   close_notify is the end of the stream; a fatal alert, or a warning in TLS 1.3 other than
 //!   user_canceled, ends the session; TLS 1.2 warnings are ignored (at most 4);
 //! - TLS 1.3 KeyUpdate: the receive key moves on; when the peer asks, our KeyUpdate
-//!   (update_not_requested) goes out under the old send key and the send key moves on (at most
-//!   32 in a row without application data); any other handshake message is a fatal
-//!   unexpected_message, as is a ChangeCipherSpec;
+//!   (update_not_requested) goes out under the old send key and the send key moves on, once
+//!   until we next send application data (RFC 8446 4.6.3: a peer that asks again and again and
+//!   reads nothing gets no pile of answers); at most 32 in a row without application data;
+//!   any other handshake message is a fatal unexpected_message, as is a ChangeCipherSpec;
 //! - TLS 1.2 ClientHello (renegotiation): a warning no_renegotiation the first time, the end
 //!   of the session the second;
 //! - seals records of at most 2^14 bytes of plaintext; before a key would pass its suite's
