@@ -482,7 +482,12 @@ impl TlsSession {
             .dangerous_into_kernel_connection()
             .and_then(|(secrets, kernel)| Established::new(secrets, kernel))
         {
-            Ok(established) => self.phase = Phase::Established(established),
+            Ok(mut established) => {
+                if self.close_sent {
+                    established.mark_closed();
+                }
+                self.phase = Phase::Established(established);
+            }
             Err(e) => {
                 log::debug!("TLS session could not leave rustls, ending it: {e}");
                 self.failed = true;

@@ -171,6 +171,9 @@ pub struct Established {
     /// further request while we are silent gets no second answer (RFC 8446 4.6.3; rustls's
     /// `should_update_key`).
     key_update_answered: bool,
+    /// Our close_notify or a fatal alert is sealed: no record of ours may follow it (RFC 8446
+    /// 6.1), so the peer's KeyUpdate requests and renegotiations get no answer.
+    closed: bool,
 }
 
 impl Established {
@@ -199,6 +202,7 @@ impl Established {
             key_updates_left: MAX_KEY_UPDATES,
             renegotiations_left: MAX_RENEGOTIATIONS,
             key_update_answered: false,
+            closed: false,
         })
     }
 
@@ -414,6 +418,9 @@ impl Established {
                     return Err(silent("a second renegotiation request"));
                 }
                 self.renegotiations_left -= 1;
+                if self.closed {
+                    return Ok(());
+                }
                 match self.seal_onto(ContentType::Alert, &[WARNING, NO_RENEGOTIATION], outgoing)? {
                     Sealed::Data(_) => Ok(()),
                     Sealed::Closed(_) => Err(silent("the send key is used up")),
@@ -438,7 +445,7 @@ impl Established {
             return Err(silent("too many KeyUpdates without application data"));
         }
         self.key_updates_left -= 1;
-        if request == UPDATE_REQUESTED && !self.key_update_answered {
+        if request == UPDATE_REQUESTED && !self.key_update_answered && !self.closed {
             self.key_update_answered = true;
             // "...it MUST send a KeyUpdate with request_update set to update_not_requested
             // prior to sending its next Application Data record" (RFC 8446 4.6.3).
@@ -540,7 +547,13 @@ impl Established {
             &mut outgoing[at..],
         );
         outgoing.truncate(at + written.as_ref().map_or(0, |n| *n));
+        self.closed = true;
         written.map(|_| ())
+    }
+
+    /// Our close_notify went before the session left rustls: nothing of ours may follow it.
+    pub fn mark_closed(&mut self) {
+        self.closed = true;
     }
 
     /// `seal_with_limit` onto the end of a `Vec`.
@@ -575,6 +588,7 @@ impl Established {
         if self.send_seq.saturating_add(1) >= self.send_limit {
             if !self.is_tls13() {
                 let n = self.seal_raw(ContentType::Alert, &[WARNING, CLOSE_NOTIFY], out)?;
+                self.closed = true;
                 return Ok(Sealed::Closed(n));
             }
             written += self.seal_raw(
@@ -996,6 +1010,27 @@ mod tests {
         assert!(
             answered <= 100 * 27,
             "{answered} bytes of KeyUpdates owed to a silent peer"
+        );
+    }
+
+    /// After our close_notify nothing of ours goes out (RFC 8446 6.1), though the peer may
+    /// still send until its own: its KeyUpdate request moves our receive key on, unanswered.
+    #[test]
+    fn nothing_is_sent_after_our_close_notify() {
+        let (mut server, mut client) = established(&rustls::version::TLS13);
+        let mut closing = Vec::new();
+        server.close_notify(&mut closing).unwrap();
+        assert!(!closing.is_empty());
+        client.refresh_traffic_keys().unwrap();
+        client.writer().write_all(b"still talking").unwrap();
+        let records = client_output(&mut client);
+        let (opened, plaintext, answer) = open(&mut server, &records);
+        opened.unwrap();
+        assert_eq!(plaintext, b"still talking");
+        assert!(
+            answer.is_empty(),
+            "{} bytes sent after close_notify",
+            answer.len()
         );
     }
 }
