@@ -394,12 +394,12 @@ impl TlsSession {
         // could leave state the conversion drops (its queued KeyUpdate answer).
         let mut end = record_end(records, 0);
         let mut produced = 0;
-        // rustls's last word: established, with nothing to send or hand over.
-        let mut traffic;
+        // rustls's last word was: established, with nothing to send or hand over.
+        let mut ready = false;
         loop {
             let status = conn.process_tls_records(&mut records[start..end]);
             let discard = status.discard;
-            traffic = false;
+            let mut traffic = false;
             let step = match status.state {
                 Err(error) => {
                     fail(conn, socket, &error, &mut records[start + discard..], held);
@@ -439,6 +439,7 @@ impl TlsSession {
             start += discard;
             if let Step::Wait = step {
                 if traffic && !conn.is_handshaking() && start == end {
+                    ready = true;
                     break;
                 }
                 if end < records.len() && !self.peer_closed {
@@ -448,7 +449,7 @@ impl TlsSession {
                 break;
             }
         }
-        if traffic && !conn.is_handshaking() && start == end {
+        if ready {
             self.establish();
             if end < records.len() && matches!(self.phase, Phase::Established(_)) {
                 let rest = &mut records[end..];

@@ -44,8 +44,8 @@ use rustls::crypto::cipher::{AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{
-    ConnectionTrafficSecrets, ContentType, Error, ExtractedSecrets, ProtocolVersion,
-    SupportedCipherSuite,
+    AlertDescription, ConnectionTrafficSecrets, ContentType, Error, ExtractedSecrets,
+    ProtocolVersion, SupportedCipherSuite,
 };
 
 use super::record_keys::RecordSealer;
@@ -69,18 +69,10 @@ const MAX_KEY_UPDATES: u8 = 32;
 /// Renegotiation requests refused with a warning; the next one ends the session (rustls).
 const MAX_RENEGOTIATIONS: u8 = 1;
 
-/// Alert levels and descriptions (RFC 8446 6, RFC 5746).
+/// Alert levels (RFC 8446 6; rustls does not export its `AlertLevel`). The descriptions are
+/// rustls's `AlertDescription`.
 const WARNING: u8 = 1;
 const FATAL: u8 = 2;
-const CLOSE_NOTIFY: u8 = 0;
-const UNEXPECTED_MESSAGE: u8 = 10;
-const BAD_RECORD_MAC: u8 = 20;
-const RECORD_OVERFLOW: u8 = 22;
-const ILLEGAL_PARAMETER: u8 = 47;
-const DECODE_ERROR: u8 = 50;
-const INTERNAL_ERROR: u8 = 80;
-const USER_CANCELED: u8 = 90;
-const NO_RENEGOTIATION: u8 = 100;
 
 /// Handshake message types seen after the handshake (RFC 8446 4, RFC 5246 7.4).
 const CLIENT_HELLO: u8 = 1;
@@ -107,11 +99,11 @@ impl std::error::Error for Failure {}
 /// A failure found while opening or sealing: what to tell the peer (None: nothing, as rustls
 /// says nothing after a fatal alert from the peer or a limit its counters enforce), and why.
 struct Fatal {
-    alert: Option<u8>,
+    alert: Option<AlertDescription>,
     why: &'static str,
 }
 
-fn fatal(alert: u8, why: &'static str) -> Fatal {
+fn fatal(alert: AlertDescription, why: &'static str) -> Fatal {
     Fatal {
         alert: Some(alert),
         why,
@@ -271,14 +263,20 @@ impl Established {
                 | ContentType::ApplicationData
         );
         if !known {
-            return Err(fatal(UNEXPECTED_MESSAGE, "a record of an unknown type"));
+            return Err(fatal(
+                AlertDescription::UnexpectedMessage,
+                "a record of an unknown type",
+            ));
         }
         if version[0] != 3 {
-            return Err(fatal(DECODE_ERROR, "a record of an unknown version"));
+            return Err(fatal(
+                AlertDescription::DecodeError,
+                "a record of an unknown version",
+            ));
         }
         if len == 0 && ContentType::from(typ) != ContentType::ApplicationData {
             return Err(fatal(
-                DECODE_ERROR,
+                AlertDescription::DecodeError,
                 "an empty record that is not application data",
             ));
         }
@@ -288,7 +286,10 @@ impl Established {
             MAX_CIPHERTEXT_TLS12
         };
         if len > max {
-            return Err(fatal(RECORD_OVERFLOW, "a record over the length limit"));
+            return Err(fatal(
+                AlertDescription::RecordOverflow,
+                "a record over the length limit",
+            ));
         }
         Ok(())
     }
@@ -308,20 +309,20 @@ impl Established {
         // protected record says application_data outside (RFC 8446 5.2).
         if outer == ContentType::ChangeCipherSpec {
             return Err(fatal(
-                UNEXPECTED_MESSAGE,
+                AlertDescription::UnexpectedMessage,
                 "a ChangeCipherSpec after the handshake",
             ));
         }
         if self.is_tls13() && outer != ContentType::ApplicationData {
             return Err(fatal(
-                UNEXPECTED_MESSAGE,
+                AlertDescription::UnexpectedMessage,
                 "a TLS 1.3 record that is not application data outside",
             ));
         }
         let seq = self.receive_seq;
         let Some(next_seq) = seq.checked_add(1).filter(|&next| next < u64::MAX) else {
             return Err(fatal(
-                INTERNAL_ERROR,
+                AlertDescription::InternalError,
                 "the receive sequence number is used up",
             ));
         };
@@ -335,7 +336,10 @@ impl Established {
         let payload: &[u8] = opened.payload;
         if payload.is_empty() {
             if self.empty_in_a_row == MAX_EMPTY_RECORDS {
-                return Err(fatal(UNEXPECTED_MESSAGE, "too many empty records in a row"));
+                return Err(fatal(
+                    AlertDescription::UnexpectedMessage,
+                    "too many empty records in a row",
+                ));
             }
             self.empty_in_a_row += 1;
         } else {
@@ -354,19 +358,29 @@ impl Established {
                 self.handshake_received(payload, outgoing)?;
                 Ok(true)
             }
-            _ => Err(fatal(UNEXPECTED_MESSAGE, "a record of an unexpected type")),
+            _ => Err(fatal(
+                AlertDescription::UnexpectedMessage,
+                "a record of an unexpected type",
+            )),
         }
     }
 
     /// rustls's `CommonState::process_alert`. Ok(false) for close_notify.
     fn alert_received(&mut self, alert: &[u8]) -> Result<bool, Fatal> {
         let &[level, description] = alert else {
-            return Err(fatal(DECODE_ERROR, "an alert that is not two bytes"));
+            return Err(fatal(
+                AlertDescription::DecodeError,
+                "an alert that is not two bytes",
+            ));
         };
         if level != WARNING && level != FATAL {
-            return Err(fatal(ILLEGAL_PARAMETER, "an alert of an unknown level"));
+            return Err(fatal(
+                AlertDescription::IllegalParameter,
+                "an alert of an unknown level",
+            ));
         }
-        if description == CLOSE_NOTIFY {
+        let description = AlertDescription::from(description);
+        if description == AlertDescription::CloseNotify {
             return Ok(false);
         }
         if level == FATAL {
@@ -377,8 +391,11 @@ impl Established {
         }
         self.warnings_left -= 1;
         // Warnings are outlawed in TLS 1.3, all but user_canceled (RFC 8446 6).
-        if self.is_tls13() && description != USER_CANCELED {
-            return Err(fatal(DECODE_ERROR, "a warning alert in TLS 1.3"));
+        if self.is_tls13() && description != AlertDescription::UserCanceled {
+            return Err(fatal(
+                AlertDescription::DecodeError,
+                "a warning alert in TLS 1.3",
+            ));
         }
         Ok(true)
     }
@@ -387,14 +404,14 @@ impl Established {
     fn handshake_received(&mut self, record: &[u8], outgoing: &mut Vec<u8>) -> Result<(), Fatal> {
         let Some((&[typ, a, b, c], body)) = record.split_first_chunk::<4>() else {
             return Err(fatal(
-                UNEXPECTED_MESSAGE,
+                AlertDescription::UnexpectedMessage,
                 "a handshake message split over records",
             ));
         };
         let len = u32::from_be_bytes([0, a, b, c]) as usize;
         if body.len() < len {
             return Err(fatal(
-                UNEXPECTED_MESSAGE,
+                AlertDescription::UnexpectedMessage,
                 "a handshake message split over records",
             ));
         }
@@ -402,12 +419,15 @@ impl Established {
         match (&self.version, typ) {
             (Version::Tls13(_), KEY_UPDATE) => {
                 let &[request] = message else {
-                    return Err(fatal(DECODE_ERROR, "a KeyUpdate of the wrong length"));
+                    return Err(fatal(
+                        AlertDescription::DecodeError,
+                        "a KeyUpdate of the wrong length",
+                    ));
                 };
                 // A key change must end its record (RFC 8446 5.1).
                 if !after.is_empty() {
                     return Err(fatal(
-                        UNEXPECTED_MESSAGE,
+                        AlertDescription::UnexpectedMessage,
                         "a KeyUpdate that does not end its record",
                     ));
                 }
@@ -421,13 +441,17 @@ impl Established {
                 if self.closed {
                     return Ok(());
                 }
-                match self.seal_onto(ContentType::Alert, &[WARNING, NO_RENEGOTIATION], outgoing)? {
+                match self.seal_onto(
+                    ContentType::Alert,
+                    &[WARNING, u8::from(AlertDescription::NoRenegotiation)],
+                    outgoing,
+                )? {
                     Sealed::Data(_) => Ok(()),
                     Sealed::Closed(_) => Err(silent("the send key is used up")),
                 }
             }
             _ => Err(fatal(
-                UNEXPECTED_MESSAGE,
+                AlertDescription::UnexpectedMessage,
                 "a handshake message after the handshake",
             )),
         }
@@ -437,7 +461,7 @@ impl Established {
     fn key_update_received(&mut self, request: u8, outgoing: &mut Vec<u8>) -> Result<(), Fatal> {
         if request != UPDATE_NOT_REQUESTED && request != UPDATE_REQUESTED {
             return Err(fatal(
-                ILLEGAL_PARAMETER,
+                AlertDescription::IllegalParameter,
                 "a KeyUpdate with an unknown request",
             ));
         }
@@ -452,13 +476,16 @@ impl Established {
             self.update_send_key(UPDATE_NOT_REQUESTED, outgoing)?;
         }
         let Version::Tls13(kernel) = &mut self.version else {
-            return Err(fatal(UNEXPECTED_MESSAGE, "a KeyUpdate in TLS 1.2"));
+            return Err(fatal(
+                AlertDescription::UnexpectedMessage,
+                "a KeyUpdate in TLS 1.2",
+            ));
         };
         let (seq, secrets) = kernel
             .update_rx_secret()
-            .map_err(|_| fatal(INTERNAL_ERROR, "no next receive key"))?;
+            .map_err(|_| fatal(AlertDescription::InternalError, "no next receive key"))?;
         self.opener = opener(kernel.negotiated_cipher_suite(), secrets)
-            .map_err(|_| fatal(INTERNAL_ERROR, "no next receive key"))?;
+            .map_err(|_| fatal(AlertDescription::InternalError, "no next receive key"))?;
         self.receive_seq = seq;
         Ok(())
     }
@@ -476,13 +503,16 @@ impl Established {
 
     fn next_send_key(&mut self) -> Result<(), Fatal> {
         let Version::Tls13(kernel) = &mut self.version else {
-            return Err(fatal(INTERNAL_ERROR, "no key update in TLS 1.2"));
+            return Err(fatal(
+                AlertDescription::InternalError,
+                "no key update in TLS 1.2",
+            ));
         };
         let (seq, secrets) = kernel
             .update_tx_secret()
-            .map_err(|_| fatal(INTERNAL_ERROR, "no next send key"))?;
+            .map_err(|_| fatal(AlertDescription::InternalError, "no next send key"))?;
         self.sealer = RecordSealer::new(kernel.negotiated_cipher_suite(), secrets)
-            .map_err(|_| fatal(INTERNAL_ERROR, "no next send key"))?;
+            .map_err(|_| fatal(AlertDescription::InternalError, "no next send key"))?;
         self.send_seq = seq;
         Ok(())
     }
@@ -519,7 +549,7 @@ impl Established {
 
     /// Seals our close_notify onto `outgoing` (it may take the key's last sequence number).
     pub fn close_notify(&mut self, outgoing: &mut Vec<u8>) -> Result<(), Failure> {
-        self.seal_final_alert(WARNING, CLOSE_NOTIFY, outgoing)
+        self.seal_final_alert(WARNING, AlertDescription::CloseNotify, outgoing)
             .map_err(|fatal| Failure(fatal.why))
     }
 
@@ -536,14 +566,14 @@ impl Established {
     fn seal_final_alert(
         &mut self,
         level: u8,
-        description: u8,
+        description: AlertDescription,
         outgoing: &mut Vec<u8>,
     ) -> Result<(), Fatal> {
         let at = outgoing.len();
         outgoing.resize(at + self.sealer.overhead() + 2, 0);
         let written = self.seal_raw(
             ContentType::Alert,
-            &[level, description],
+            &[level, u8::from(description)],
             &mut outgoing[at..],
         );
         outgoing.truncate(at + written.as_ref().map_or(0, |n| *n));
@@ -587,7 +617,11 @@ impl Established {
         let mut written = 0;
         if self.send_seq.saturating_add(1) >= self.send_limit {
             if !self.is_tls13() {
-                let n = self.seal_raw(ContentType::Alert, &[WARNING, CLOSE_NOTIFY], out)?;
+                let n = self.seal_raw(
+                    ContentType::Alert,
+                    &[WARNING, u8::from(AlertDescription::CloseNotify)],
+                    out,
+                )?;
                 self.closed = true;
                 return Ok(Sealed::Closed(n));
             }
@@ -642,12 +676,15 @@ impl Established {
     ) -> Result<usize, Fatal> {
         if payload_len > MAX_FRAGMENT {
             return Err(fatal(
-                INTERNAL_ERROR,
+                AlertDescription::InternalError,
                 "a record of more than 16 KiB to seal",
             ));
         }
         if self.send_seq >= self.send_limit {
-            return Err(fatal(INTERNAL_ERROR, "the send key is used up"));
+            return Err(fatal(
+                AlertDescription::InternalError,
+                "the send key is used up",
+            ));
         }
         let len = self
             .sealer
@@ -680,15 +717,22 @@ fn send_limit(suite: SupportedCipherSuite) -> u64 {
 /// 5.4 for the inner plaintext).
 fn open_error(error: Error) -> Fatal {
     match error {
-        Error::DecryptError => fatal(BAD_RECORD_MAC, "a record that does not decrypt"),
-        Error::PeerSentOversizedRecord => {
-            fatal(RECORD_OVERFLOW, "a record of more than 16 KiB of plaintext")
-        }
+        Error::DecryptError => fatal(
+            AlertDescription::BadRecordMac,
+            "a record that does not decrypt",
+        ),
+        Error::PeerSentOversizedRecord => fatal(
+            AlertDescription::RecordOverflow,
+            "a record of more than 16 KiB of plaintext",
+        ),
         Error::PeerMisbehaved(_) => fatal(
-            UNEXPECTED_MESSAGE,
+            AlertDescription::UnexpectedMessage,
             "a protected ChangeCipherSpec or a record without an inner type",
         ),
-        _ => fatal(DECODE_ERROR, "a record that could not be read"),
+        _ => fatal(
+            AlertDescription::DecodeError,
+            "a record that could not be read",
+        ),
     }
 }
 
